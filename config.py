@@ -1,0 +1,575 @@
+"""Every app setting, read once into a frozen `Settings` object.
+
+The names below are the user-facing contract: the README's settings table documents each one and
+infra/main.bicep sets them. `load_settings()` collects *all* problems and raises one
+`ConfigError` naming every bad or missing setting, so an operator fixes a deployment in one pass
+and nothing touches storage or ARM with a half-valid configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+
+# Setting names (one home for every string the operator types).
+STORAGE_CONNECTION_STRING = "STORAGE_CONNECTION_STRING"
+STORAGE_ACCOUNT_URL = "STORAGE_ACCOUNT_URL"
+WATCH_CONTAINER = "WATCH_CONTAINER"
+INCOMING_PREFIX = "INCOMING_PREFIX"
+PROCESSING_PREFIX = "PROCESSING_PREFIX"
+DONE_PREFIX = "DONE_PREFIX"
+FAILED_PREFIX = "FAILED_PREFIX"
+OUTPUT_PREFIX = "OUTPUT_PREFIX"
+LOCK_PREFIX = "LOCK_PREFIX"
+POLL_SCHEDULE = "POLL_SCHEDULE"
+JANITOR_SCHEDULE = "JANITOR_SCHEDULE"
+BATCH_MODE = "BATCH_MODE"
+BATCH_READY_MARKER = "BATCH_READY_MARKER"
+BATCH_SETTLE_SECONDS = "BATCH_SETTLE_SECONDS"
+BATCH_MAX_FILES = "BATCH_MAX_FILES"
+BATCH_MAX_BYTES = "BATCH_MAX_BYTES"
+MAX_BATCHES_PER_TICK = "MAX_BATCHES_PER_TICK"
+MAX_ACTIVE_GROUPS = "MAX_ACTIVE_GROUPS"
+MAX_CREATES_PER_5_MIN = "MAX_CREATES_PER_5_MIN"
+LEASE_SECONDS = "LEASE_SECONDS"
+IO_CONCURRENCY = "IO_CONCURRENCY"
+AZURE_SUBSCRIPTION_ID = "AZURE_SUBSCRIPTION_ID"
+ACI_RESOURCE_GROUP = "ACI_RESOURCE_GROUP"
+ACI_LOCATION = "ACI_LOCATION"
+ARM_ENDPOINT = "ARM_ENDPOINT"
+ARM_CA_BUNDLE = "ARM_CA_BUNDLE"
+ARM_AUTH = "ARM_AUTH"
+ACI_IMAGE = "ACI_IMAGE"
+ACI_CPU = "ACI_CPU"
+ACI_MEMORY_GB = "ACI_MEMORY_GB"
+ACI_GPU_SKU = "ACI_GPU_SKU"
+ACI_GPU_COUNT = "ACI_GPU_COUNT"
+ACI_COMMAND = "ACI_COMMAND"
+ACI_ENV_PREFIX = "ACI_ENV_"
+ACI_SECURE_ENV_PREFIX = "ACI_SECURE_ENV_"
+ACI_IDENTITY_ID = "ACI_IDENTITY_ID"
+ACI_IDENTITY_CLIENT_ID = "ACI_IDENTITY_CLIENT_ID"
+ACI_REGISTRY_SERVER = "ACI_REGISTRY_SERVER"
+ACI_REGISTRY_USERNAME = "ACI_REGISTRY_USERNAME"
+ACI_REGISTRY_PASSWORD = "ACI_REGISTRY_PASSWORD"  # noqa: S105 (a setting name)
+ACI_SUBNET_ID = "ACI_SUBNET_ID"
+GROUP_PREFIX = "GROUP_PREFIX"
+JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"
+MAX_ATTEMPTS = "MAX_ATTEMPTS"
+KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
+ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
+STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
+
+# The seed system's names, accepted so its users can migrate by changing nothing.
+SEED_ACCOUNT_NAME = "AzureAccountName"
+SEED_ACCOUNT_KEY = "AzureAccountKey"
+SEED_CONTAINER_NAME = "ContainerName"
+SEED_RESOURCE_GROUP = "ResourceGroupName"
+
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+BATCH_MODES = ("tick", "folder")
+ARM_AUTH_MODES = ("identity", "emulator")
+GPU_SKUS = ("K80", "P100", "V100")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+_CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_GROUP_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*-?$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESOURCE_GROUP_RE = re.compile(r"^[-\w._()]{1,90}$")
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+class ConfigError(ValueError):
+    """Raised once with every problem found, one per line, each naming its setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "Invalid configuration ("
+            + str(len(problems))
+            + " problem(s)):\n"
+            + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed, validated settings; build with `load_settings()`."""
+
+    # storage
+    storage_connection_string: str | None
+    storage_account_url: str | None
+    watch_container: str
+    incoming_prefix: str
+    processing_prefix: str
+    done_prefix: str
+    failed_prefix: str
+    output_prefix: str
+    lock_prefix: str
+    # schedules and batching
+    poll_schedule: str
+    janitor_schedule: str
+    batch_mode: str
+    batch_ready_marker: str | None
+    batch_settle_seconds: int
+    batch_max_files: int
+    batch_max_bytes: int
+    max_batches_per_tick: int
+    max_active_groups: int
+    max_creates_per_5_min: int
+    lease_seconds: int
+    io_concurrency: int
+    # ARM / ACI
+    subscription_id: str
+    resource_group: str
+    location: str
+    arm_endpoint: str
+    arm_ca_bundle: str | None
+    arm_auth: str
+    image: str
+    cpu: float
+    memory_gb: float
+    gpu_sku: str | None
+    gpu_count: int
+    command: tuple[str, ...] | None
+    env: tuple[tuple[str, str], ...]
+    secure_env: tuple[tuple[str, str], ...] = field(repr=False)
+    identity_id: str | None = None
+    identity_client_id: str | None = None
+    registry_server: str | None = None
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    subnet_id: str | None = None
+    group_prefix: str = "ml-"
+    # janitor
+    job_timeout_minutes: int = 60
+    max_attempts: int = 3
+    keep_failed_groups: bool = False
+    orphan_grace_minutes: int = 15
+    stuck_claim_seconds: int = 300
+
+    @property
+    def poll_lock_blob(self) -> str:
+        return f"{self.lock_prefix}poll"
+
+    @property
+    def janitor_lock_blob(self) -> str:
+        return f"{self.lock_prefix}janitor"
+
+    @property
+    def state_prefixes(self) -> tuple[str, ...]:
+        """Prefixes a batch can live under; blob names must fit below the longest one."""
+        return (self.processing_prefix, self.done_prefix, self.failed_prefix)
+
+    @property
+    def account_name(self) -> str:
+        """Storage account name, used to tag groups so two deployments never sweep each other."""
+        if self.storage_account_url:
+            parsed = urlparse(self.storage_account_url)
+            if parsed.hostname in LOOPBACK_HOSTS or (parsed.hostname or "").count(".") == 0:
+                return parsed.path.strip("/").split("/")[0] or (parsed.hostname or "")
+            return (parsed.hostname or "").split(".")[0]
+        parts = _parse_connection_string(self.storage_connection_string or "")
+        if parts.get("usedevelopmentstorage", "").lower() == "true":
+            return "devstoreaccount1"
+        return parts.get("accountname", "")
+
+
+def _parse_connection_string(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in value.split(";"):
+        if "=" in part:
+            key, _, val = part.partition("=")
+            out[key.strip().lower()] = val.strip()
+    return out
+
+
+class _Reader:
+    """Reads typed values from an environment mapping, collecting problems instead of raising."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def raw(self, name: str, *aliases: str) -> str | None:
+        for key in (name, *aliases):
+            value = self.env.get(key)
+            if value is not None and value.strip() != "":
+                return value.strip()
+        return None
+
+    def text(self, name: str, default: str | None = None, *aliases: str) -> str | None:
+        value = self.raw(name, *aliases)
+        return default if value is None else value
+
+    def required(self, name: str, what: str, *aliases: str) -> str:
+        value = self.raw(name, *aliases)
+        if value is None:
+            alias_note = f" (or {', '.join(aliases)})" if aliases else ""
+            self.problems.append(f"{name}{alias_note} is required: {what}")
+            return ""
+        return value
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        parse: Callable[[str], T],
+        low: float | None = None,
+        high: float | None = None,
+    ) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            parsed = parse(value)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            self.problems.append(f"{name}={value!r} is not {kind}")
+            return default
+        if (low is not None and parsed < low) or (high is not None and parsed > high):  # type: ignore[operator]
+            bounds = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+            self.problems.append(f"{name}={value!r} must be {bounds}")
+            return default
+        return parsed
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        self.problems.append(f"{name}={value!r} must be true or false")
+        return default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() not in choices:
+            self.problems.append(f"{name}={value!r} must be one of: {', '.join(choices)}")
+            return default
+        return value.lower()
+
+    def prefix(self, name: str, default: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            return default
+        value = value.lstrip("/")
+        if not value.endswith("/"):
+            value += "/"
+        if (
+            value == "/"
+            or "//" in value
+            or any(seg in (".", "..") for seg in value.split("/")[:-1])
+        ):
+            self.problems.append(
+                f"{name}={self.raw(name)!r} must be a folder name like 'incoming/'"
+            )
+            return default
+        return value
+
+    def schedule(self, name: str, default: str) -> str:
+        value = self.raw(name) or default
+        problem = ncrontab_problem(value)
+        if problem:
+            self.problems.append(f"{name}={value!r} is not a valid NCRONTAB expression: {problem}")
+        return value
+
+    def env_group(self, prefix: str) -> tuple[tuple[str, str], ...]:
+        items = []
+        for key in sorted(self.env):
+            if key.startswith(prefix) and len(key) > len(prefix):
+                var = key[len(prefix) :]
+                if not _ENV_NAME_RE.match(var):
+                    self.problems.append(f"{key}: {var!r} is not a valid environment variable name")
+                    continue
+                items.append((var, self.env[key]))
+        return tuple(items)
+
+
+# NCRONTAB: {second} {minute} {hour} {day} {month} {day-of-week}, as the Functions host reads it.
+_NCRONTAB_FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("second", 0, 59, {}),
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day", 1, 31, {}),
+    (
+        "month",
+        1,
+        12,
+        {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+    ),
+    ("day-of-week", 0, 6, {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}),
+)
+
+
+def ncrontab_problem(expr: str) -> str | None:
+    """Return why `expr` is not a six-field NCRONTAB expression, or None when it is valid."""
+    fields = expr.split()
+    if len(fields) != 6:
+        return f"expected 6 fields (seconds first), got {len(fields)}"
+    for text, (fname, low, high, names) in zip(fields, _NCRONTAB_FIELDS, strict=True):
+        for part in text.split(","):
+            base, _, step = part.partition("/")
+            if step and (not step.isdigit() or int(step) == 0):
+                return f"{fname} field {text!r}: bad step {step!r}"
+            if base == "*":
+                continue
+            ends = base.split("-")
+            if len(ends) > 2 or "" in ends:
+                return f"{fname} field {text!r}: cannot parse {part!r}"
+            values = []
+            for end in ends:
+                token = end.lower()
+                if token in names:
+                    values.append(names[token])
+                elif token.isdigit():
+                    values.append(int(token))
+                else:
+                    return f"{fname} field {text!r}: {end!r} is not a number"
+            if any(v < low or v > high for v in values):
+                return f"{fname} field {text!r}: values must be within {low}-{high}"
+            if len(values) == 2 and values[0] > values[1]:
+                return f"{fname} field {text!r}: range {part!r} runs backwards"
+    return None
+
+
+def _parse_command(value: str) -> tuple[str, ...]:
+    """ACI_COMMAND is a JSON array of strings, or a shell-style string split like a shell would."""
+    if value.startswith("["):
+        parsed: Any = json.loads(value)
+        if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+            raise ValueError("must be a JSON array of strings")
+        return tuple(parsed)
+    return tuple(shlex.split(value))
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Parse and validate settings from `env` (default: the process environment)."""
+    r = _Reader(os.environ if env is None else env)
+
+    conn = r.text(STORAGE_CONNECTION_STRING)
+    account_url = r.text(STORAGE_ACCOUNT_URL)
+    seed_name, seed_key = r.raw(SEED_ACCOUNT_NAME), r.raw(SEED_ACCOUNT_KEY)
+    if conn is None and account_url is None and seed_name:
+        if seed_key:
+            conn = (
+                f"DefaultEndpointsProtocol=https;AccountName={seed_name};AccountKey={seed_key};"
+                "EndpointSuffix=core.windows.net"
+            )
+        else:
+            account_url = f"https://{seed_name}.blob.core.windows.net"
+    if conn and account_url:
+        r.problems.append(
+            f"{STORAGE_CONNECTION_STRING} and {STORAGE_ACCOUNT_URL} are both set: choose one "
+            "(the account URL uses managed identity)"
+        )
+    elif conn is None and account_url is None:
+        r.problems.append(
+            f"{STORAGE_CONNECTION_STRING} or {STORAGE_ACCOUNT_URL} is required "
+            f"(or the seed names {SEED_ACCOUNT_NAME}/{SEED_ACCOUNT_KEY})"
+        )
+    if conn is not None:
+        parts = _parse_connection_string(conn)
+        if parts.get("usedevelopmentstorage", "").lower() != "true" and not (
+            "accountname" in parts or "blobendpoint" in parts
+        ):
+            r.problems.append(
+                f"{STORAGE_CONNECTION_STRING} has neither AccountName nor BlobEndpoint"
+            )
+    if account_url is not None and urlparse(account_url).scheme not in ("http", "https"):
+        r.problems.append(f"{STORAGE_ACCOUNT_URL}={account_url!r} must be an http(s) URL")
+
+    container = r.required(
+        WATCH_CONTAINER, "the blob container to watch", SEED_CONTAINER_NAME
+    ).lower()
+    if container and not _CONTAINER_RE.match(container):
+        r.problems.append(
+            f"{WATCH_CONTAINER}={container!r} is not a valid container name "
+            "(3-63 lowercase letters, digits and single hyphens)"
+        )
+
+    prefixes = {
+        INCOMING_PREFIX: r.prefix(INCOMING_PREFIX, "incoming/"),
+        PROCESSING_PREFIX: r.prefix(PROCESSING_PREFIX, "processing/"),
+        DONE_PREFIX: r.prefix(DONE_PREFIX, "done/"),
+        FAILED_PREFIX: r.prefix(FAILED_PREFIX, "failed/"),
+        OUTPUT_PREFIX: r.prefix(OUTPUT_PREFIX, "output/"),
+        LOCK_PREFIX: r.prefix(LOCK_PREFIX, "locks/"),
+    }
+    names = list(prefixes)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pa, pb = prefixes[a], prefixes[b]
+            if pa.startswith(pb) or pb.startswith(pa):
+                r.problems.append(f"{a}={pa!r} and {b}={pb!r} overlap: each needs its own folder")
+
+    marker = r.text(BATCH_READY_MARKER)
+    if marker is not None and ("/" in marker or marker in (".", "..")):
+        r.problems.append(f"{BATCH_READY_MARKER}={marker!r} must be a plain file name like _READY")
+
+    subscription = r.required(AZURE_SUBSCRIPTION_ID, "the subscription that hosts the groups")
+    if subscription and not _GUID_RE.match(subscription):
+        r.problems.append(f"{AZURE_SUBSCRIPTION_ID}={subscription!r} is not a GUID")
+    resource_group = r.required(
+        ACI_RESOURCE_GROUP, "the resource group for container groups", SEED_RESOURCE_GROUP
+    )
+    if resource_group and not _RESOURCE_GROUP_RE.match(resource_group):
+        r.problems.append(f"{ACI_RESOURCE_GROUP}={resource_group!r} is not a valid resource group")
+    location = r.required(ACI_LOCATION, "the Azure region for container groups, e.g. westeurope")
+
+    arm_endpoint = (r.text(ARM_ENDPOINT) or DEFAULT_ARM_ENDPOINT).rstrip("/")
+    arm_url = urlparse(arm_endpoint)
+    if arm_url.scheme != "https" or not arm_url.hostname:
+        r.problems.append(
+            f"{ARM_ENDPOINT}={arm_endpoint!r} must be an https:// URL (bearer tokens need TLS)"
+        )
+    arm_auth = r.choice(ARM_AUTH, "identity", ARM_AUTH_MODES)
+    if arm_auth == "emulator" and arm_url.hostname not in LOOPBACK_HOSTS:
+        r.problems.append(
+            f"{ARM_AUTH}=emulator is only allowed with a loopback {ARM_ENDPOINT}, got {arm_endpoint!r}"
+        )
+    ca_bundle = r.text(ARM_CA_BUNDLE)
+    if ca_bundle is not None and not os.path.isfile(ca_bundle):
+        r.problems.append(f"{ARM_CA_BUNDLE}={ca_bundle!r} is not a readable file")
+
+    image = r.required(ACI_IMAGE, "the container image that processes a batch")
+    if image and (any(c.isspace() for c in image) or image != image.strip()):
+        r.problems.append(f"{ACI_IMAGE}={image!r} is not an image reference")
+    gpu_sku = r.text(ACI_GPU_SKU)
+    if gpu_sku is not None and gpu_sku.upper() not in GPU_SKUS:
+        r.problems.append(f"{ACI_GPU_SKU}={gpu_sku!r} must be one of: {', '.join(GPU_SKUS)}")
+    gpu_count = r.number(ACI_GPU_COUNT, 1 if gpu_sku else 0, int, 0, 4)
+    if gpu_count and not gpu_sku:
+        r.problems.append(f"{ACI_GPU_COUNT} is set but {ACI_GPU_SKU} is not")
+
+    command: tuple[str, ...] | None = None
+    raw_command = r.text(ACI_COMMAND)
+    if raw_command is not None:
+        try:
+            command = _parse_command(raw_command)
+        except ValueError as exc:
+            r.problems.append(f"{ACI_COMMAND}: {exc}")
+
+    identity_id = r.text(ACI_IDENTITY_ID)
+    if identity_id is not None and "/userassignedidentities/" not in identity_id.lower():
+        r.problems.append(
+            f"{ACI_IDENTITY_ID} must be the resource ID of a user-assigned identity "
+            "(.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
+        )
+    identity_client_id = r.text(ACI_IDENTITY_CLIENT_ID)
+    if identity_client_id is not None and not _GUID_RE.match(identity_client_id):
+        r.problems.append(f"{ACI_IDENTITY_CLIENT_ID}={identity_client_id!r} is not a GUID")
+    if identity_id and not identity_client_id:
+        r.problems.append(
+            f"{ACI_IDENTITY_CLIENT_ID} is required with {ACI_IDENTITY_ID}: the container "
+            "uses it as AZURE_CLIENT_ID to reach storage"
+        )
+
+    registry_server = r.text(ACI_REGISTRY_SERVER)
+    registry_username = r.text(ACI_REGISTRY_USERNAME)
+    registry_password = r.text(ACI_REGISTRY_PASSWORD)
+    if (registry_username or registry_password) and not registry_server:
+        r.problems.append(
+            f"{ACI_REGISTRY_USERNAME}/{ACI_REGISTRY_PASSWORD} need {ACI_REGISTRY_SERVER}"
+        )
+    if bool(registry_username) != bool(registry_password):
+        r.problems.append(f"{ACI_REGISTRY_USERNAME} and {ACI_REGISTRY_PASSWORD} go together")
+    if registry_server and not registry_username and not identity_id:
+        r.problems.append(
+            f"{ACI_REGISTRY_SERVER} needs {ACI_IDENTITY_ID} (AcrPull) or "
+            f"{ACI_REGISTRY_USERNAME}/{ACI_REGISTRY_PASSWORD}"
+        )
+    subnet_id = r.text(ACI_SUBNET_ID)
+    if subnet_id is not None and "/subnets/" not in subnet_id.lower():
+        r.problems.append(f"{ACI_SUBNET_ID} must be a subnet resource ID (.../subnets/NAME)")
+
+    group_prefix = r.text(GROUP_PREFIX) or "ml-"
+    if not _GROUP_PREFIX_RE.match(group_prefix) or len(group_prefix) > 20:
+        r.problems.append(
+            f"{GROUP_PREFIX}={group_prefix!r} must be 1-20 lowercase letters, digits and single "
+            "hyphens, starting with a letter"
+        )
+
+    env_vars = r.env_group(ACI_ENV_PREFIX)
+    secure_env = r.env_group(ACI_SECURE_ENV_PREFIX)
+    overlap = {k for k, _ in env_vars} & {k for k, _ in secure_env}
+    for name in sorted(overlap):
+        r.problems.append(f"{ACI_ENV_PREFIX}{name} and {ACI_SECURE_ENV_PREFIX}{name} both set")
+    reserved = {k for k, _ in (*env_vars, *secure_env) if k.startswith("ML_")}
+    for name in sorted(reserved):
+        r.problems.append(
+            f"environment variable {name}: the ML_ prefix is reserved for the launcher"
+        )
+
+    settings = Settings(
+        storage_connection_string=conn,
+        storage_account_url=account_url.rstrip("/") if account_url else None,
+        watch_container=container,
+        incoming_prefix=prefixes[INCOMING_PREFIX],
+        processing_prefix=prefixes[PROCESSING_PREFIX],
+        done_prefix=prefixes[DONE_PREFIX],
+        failed_prefix=prefixes[FAILED_PREFIX],
+        output_prefix=prefixes[OUTPUT_PREFIX],
+        lock_prefix=prefixes[LOCK_PREFIX],
+        poll_schedule=r.schedule(POLL_SCHEDULE, "0 */1 * * * *"),
+        janitor_schedule=r.schedule(JANITOR_SCHEDULE, "30 */2 * * * *"),
+        batch_mode=r.choice(BATCH_MODE, "tick", BATCH_MODES),
+        batch_ready_marker=marker,
+        batch_settle_seconds=r.number(BATCH_SETTLE_SECONDS, 30, int, 0, 86400),
+        batch_max_files=r.number(BATCH_MAX_FILES, 500, int, 1, 100_000),
+        batch_max_bytes=r.number(BATCH_MAX_BYTES, 100 * 1024**3, int, 1),
+        max_batches_per_tick=r.number(MAX_BATCHES_PER_TICK, 20, int, 1, 100),
+        max_active_groups=r.number(MAX_ACTIVE_GROUPS, 20, int, 1, 5000),
+        max_creates_per_5_min=r.number(MAX_CREATES_PER_5_MIN, 90, int, 1, 100),
+        lease_seconds=r.number(LEASE_SECONDS, 60, int, 15, 60),
+        io_concurrency=r.number(IO_CONCURRENCY, 32, int, 1, 256),
+        subscription_id=subscription,
+        resource_group=resource_group,
+        location=location,
+        arm_endpoint=arm_endpoint,
+        arm_ca_bundle=ca_bundle,
+        arm_auth=arm_auth,
+        image=image,
+        cpu=r.number(ACI_CPU, 1.0, float, 0.1, 16),
+        memory_gb=r.number(ACI_MEMORY_GB, 1.5, float, 0.1, 64),
+        gpu_sku=gpu_sku.upper() if gpu_sku else None,
+        gpu_count=gpu_count,
+        command=command,
+        env=env_vars,
+        secure_env=secure_env,
+        identity_id=identity_id,
+        identity_client_id=identity_client_id,
+        registry_server=registry_server,
+        registry_username=registry_username,
+        registry_password=registry_password,
+        subnet_id=subnet_id,
+        group_prefix=group_prefix,
+        job_timeout_minutes=r.number(JOB_TIMEOUT_MINUTES, 60, int, 1, 7 * 24 * 60),
+        max_attempts=r.number(MAX_ATTEMPTS, 3, int, 1, 20),
+        keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
+        orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
+        stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, parsed once on first use (the Functions worker reuses them)."""
+    return load_settings()

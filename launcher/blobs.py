@@ -1,0 +1,273 @@
+"""Blob operations with the exact semantics the claim protocol relies on.
+
+Every write here is conditional, and every condition failure is turned into a plain answer
+("it changed", "it is gone", "it is ours") so callers never guess from exception types. The
+storage SDK retries transient failures itself (azure-core's policy); the one exception is the
+conditional delete that transfers ownership of a file, which retries by hand so that a 404 after a
+lost response can be told apart from a 404 caused by somebody else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from enum import Enum
+from typing import Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobClient, BlobLeaseClient, BlobProperties, ContainerClient
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Statuses worth another try for a hand-retried call; everything else is an answer.
+_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+HAND_RETRIES = 6
+
+
+class Outcome(Enum):
+    """What a conditional operation found."""
+
+    DONE = "done"
+    CHANGED = "changed"  # the blob exists with another etag (overwritten)
+    MISSING = "missing"  # the blob is not there (deleted by somebody else)
+    AMBIGUOUS_DONE = "ambiguous"  # a retry after a lost response found it gone: most likely ours
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return True
+    return isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(0.2 * 2**attempt, 5.0))
+
+
+def _wait_for_copy(dst: BlobClient, result: dict[str, Any], source: str) -> None:
+    status = result.get("copy_status")
+    delay = 0.2
+    while status == "pending":
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+        status = dst.get_blob_properties().copy.status
+    if status != "success":
+        raise RuntimeError(f"copy of {source!r} to {dst.blob_name!r} ended with status {status!r}")
+
+
+def copy_blob(container: ContainerClient, source: str, etag: str, dest: str) -> Outcome:
+    """Server-side copy of exactly version `etag` of `source` to `dest`, waiting for completion.
+
+    Same-account copies usually finish synchronously; a pending copy (large blobs in Azure) is
+    polled until it settles, because deleting the source before that would lose the file.
+    """
+    src = container.get_blob_client(source)
+    dst = container.get_blob_client(dest)
+    try:
+        result = dst.start_copy_from_url(
+            src.url,
+            source_etag=etag,
+            source_match_condition=MatchConditions.IfNotModified,
+        )
+    except ResourceModifiedError:
+        return Outcome.CHANGED
+    except ResourceNotFoundError:
+        return Outcome.MISSING
+    except HttpResponseError as exc:
+        if exc.status_code == 404:  # CannotVerifyCopySource: the source is gone
+            return Outcome.MISSING
+        if exc.status_code == 412:
+            return Outcome.CHANGED
+        raise
+    _wait_for_copy(dst, result, source)
+    return Outcome.DONE
+
+
+def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Outcome:
+    """Delete `name` only if it still has `etag`; the success of this call is what makes a
+    claimed file ours. Retried by hand so a 404 that follows a lost response is reported as
+    AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING."""
+    blob = container.get_blob_client(name)
+    uncertain = False
+    for attempt in range(HAND_RETRIES):
+        try:
+            blob.delete_blob(
+                etag=etag, match_condition=MatchConditions.IfNotModified, retry_total=0
+            )
+            return Outcome.DONE
+        except ResourceModifiedError:
+            return Outcome.CHANGED
+        except ResourceNotFoundError:
+            return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.MISSING
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                return Outcome.CHANGED
+            if not is_transient(exc) or attempt == HAND_RETRIES - 1:
+                raise
+            # A 5xx may still have been applied by the service.
+            uncertain = uncertain or exc.status_code != 429
+        except (ServiceRequestError, ServiceResponseError):
+            if attempt == HAND_RETRIES - 1:
+                raise
+            uncertain = True
+        _backoff(attempt)
+    raise AssertionError("unreachable")
+
+
+def delete_quietly(container: ContainerClient, name: str) -> bool:
+    """Delete `name` unconditionally; a missing blob counts as deleted. True if it existed."""
+    try:
+        container.delete_blob(name)
+        return True
+    except ResourceNotFoundError:
+        return False
+
+
+def move_blob(container: ContainerClient, source: str, dest: str) -> bool:
+    """Copy then delete a blob the app owns (two requests). Idempotent: a rerun after a crash
+    finds the source gone and the destination in place. True if this call moved it."""
+    src = container.get_blob_client(source)
+    try:
+        result = container.get_blob_client(dest).start_copy_from_url(src.url)
+    except ResourceNotFoundError:
+        return False
+    except HttpResponseError as exc:
+        if exc.status_code == 404:
+            return False
+        raise
+    _wait_for_copy(container.get_blob_client(dest), result, source)
+    delete_quietly(container, source)
+    return True
+
+
+def list_blobs(
+    container: ContainerClient, prefix: str, include: list[str] | None = None
+) -> Iterator[BlobProperties]:
+    yield from container.list_blobs(name_starts_with=prefix, include=include)
+
+
+class ConcurrentRunner:
+    """A bounded pool that runs I/O calls concurrently and never one by one.
+
+    Created once per settings and reused across invocations (threads are cheap when idle).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-io")
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
+        """Run fn over items; results in input order, exceptions returned rather than raised."""
+        futures: list[Future[R]] = [self._pool.submit(fn, item) for item in items]
+        out: list[R | BaseException] = []
+        for fut in futures:
+            try:
+                out.append(fut.result())
+            except BaseException as exc:
+                out.append(exc)
+        return out
+
+    def submit(self, fn: Callable[..., R], *args: Any) -> Future[R]:
+        return self._pool.submit(fn, *args)
+
+
+class LeaseLost(RuntimeError):
+    """The lock lease was lost (expired, broken or stolen) while work was under way."""
+
+
+class LeaseLock:
+    """A finite blob lease used as a cross-process lock, renewed in the background.
+
+    A tick that loses its lease notices through `lost` / `check()` and stops before claiming
+    anything more; it never waits for the lease to come back.
+    """
+
+    def __init__(self, container: ContainerClient, blob_name: str, seconds: int) -> None:
+        self._container = container
+        self._blob_name = blob_name
+        self._seconds = seconds
+        self._lease: BlobLeaseClient | None = None
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return self._blob_name
+
+    @property
+    def lease_id(self) -> str | None:
+        return self._lease.id if self._lease else None
+
+    def try_acquire(self) -> bool:
+        """Take the lease, creating the lock blob on first use. False if somebody holds it."""
+        blob = self._container.get_blob_client(self._blob_name)
+        lease = BlobLeaseClient(blob, lease_id=str(uuid.uuid4()))
+        for _ in range(2):
+            try:
+                lease.acquire(lease_duration=self._seconds)
+                break
+            except ResourceNotFoundError:
+                with contextlib.suppress(ResourceExistsError):
+                    blob.upload_blob(b"", overwrite=False)
+            except HttpResponseError as exc:
+                if exc.status_code == 409:  # LeaseAlreadyPresent
+                    return False
+                raise
+        else:
+            return False
+        self._lease = lease
+        self._thread = threading.Thread(
+            target=self._renew_loop, name=f"lease-{self._blob_name}", daemon=True
+        )
+        self._thread.start()
+        return True
+
+    def _renew_loop(self) -> None:
+        interval = max(self._seconds / 3.0, 1.0)
+        while not self._stop.wait(interval):
+            try:
+                assert self._lease is not None
+                self._lease.renew()
+            except Exception as exc:  # any failure means we can no longer prove we hold it
+                logger.warning("lease on %s lost: %s", self._blob_name, exc)
+                self._lost.set()
+                return
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        if self._lost.is_set():
+            raise LeaseLost(f"lease on {self._blob_name} was lost")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._lease is not None and not self._lost.is_set():
+            try:
+                self._lease.release()
+            except HttpResponseError as exc:
+                logger.info("lease on %s not released: %s", self._blob_name, exc)
+        self._lease = None
+
+    def __enter__(self) -> LeaseLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

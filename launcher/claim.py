@@ -1,0 +1,314 @@
+"""The claim protocol: move settled files from incoming/ into exactly one batch, crash-safely.
+
+1. Write the manifest `processing/<batch>/_batch.json` first (create-only), state `claiming`,
+   listing each file's source name, etag and size.
+2. For each file, concurrently: server-side copy of exactly that etag into the batch folder, then
+   delete the source only if its etag is unchanged. **A successful conditional delete is what
+   makes a file ours**: a file overwritten mid-claim fails the condition and stays in incoming for
+   the next tick (its copy is removed and it leaves the manifest); a file somebody else deleted
+   leaves the batch too.
+3. Set the manifest to `claimed` with the files that are ours (an empty batch is rolled back).
+
+A crash anywhere leaves a `claiming` manifest. `resolve_claiming` finishes such a batch file by
+file (finish the copy and delete, or drop the file) once the manifest is older than
+STUCK_CLAIM_SECONDS, so a slow but live tick is never raced.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.storage.blob import BlobProperties
+
+from config import Settings
+from launcher.batch import (
+    FileEntry,
+    Manifest,
+    ManifestConflict,
+    State,
+    iso,
+    new_batch_id,
+    safe_relative_blob,
+    utcnow,
+)
+from launcher.blobs import LeaseLock, Outcome, copy_blob, delete_if_unchanged, delete_quietly
+from launcher.clients import Clients
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    relative: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass
+class Plan:
+    files: list[Candidate]
+    folder: str | None = None
+
+
+@dataclass
+class Scan:
+    claimable: list[Candidate] = field(default_factory=list)
+    unsettled: int = 0
+    markers: int = 0
+    waiting_folders: list[str] = field(default_factory=list)
+
+
+def is_folder_marker(blob: BlobProperties) -> bool:
+    """Zero-byte 'directory' blobs made by tools and by hierarchical-namespace accounts."""
+    meta = blob.metadata or {}
+    return blob.name.endswith("/") or meta.get("hdi_isfolder", "").lower() == "true"
+
+
+def scan(settings: Settings, blobs: Iterable[BlobProperties], now: datetime) -> Scan:
+    """Sort a listing of incoming/ into what may be claimed now and what must wait."""
+    result = Scan()
+    settle = timedelta(seconds=settings.batch_settle_seconds)
+    prefix = settings.incoming_prefix
+    by_folder: dict[str, list[tuple[Candidate, bool]]] = defaultdict(list)
+    loose: list[tuple[Candidate, bool]] = []
+    for blob in blobs:
+        if is_folder_marker(blob):
+            result.markers += 1
+            continue
+        relative = blob.name[len(prefix) :]
+        cand = Candidate(blob.name, relative, str(blob.etag), int(blob.size), blob.last_modified)
+        settled = blob.last_modified <= now - settle
+        if not settled:
+            result.unsettled += 1
+        if settings.batch_mode == "folder" and "/" in relative:
+            by_folder[relative.split("/", 1)[0]].append((cand, settled))
+        else:
+            loose.append((cand, settled))
+    result.claimable += [c for c, ok in loose if ok]
+    marker = settings.batch_ready_marker
+    for folder, items in by_folder.items():
+        ready = all(ok for _, ok in items) and (
+            marker is None or any(c.relative == f"{folder}/{marker}" for c, _ in items)
+        )
+        if ready:
+            result.claimable += [c for c, _ in items]
+        else:
+            result.waiting_folders.append(folder)
+    return result
+
+
+def plan_batches(settings: Settings, claimable: list[Candidate], limit: int) -> list[Plan]:
+    """Group claimable files into at most `limit` batches.
+
+    tick mode: files in name order, cut at BATCH_MAX_FILES / BATCH_MAX_BYTES (a file larger than
+    the byte cap travels alone). folder mode: one batch per top-level folder, whole (caps do not
+    split a folder); a loose file directly under incoming/ is a batch of its own.
+    """
+    plans: list[Plan] = []
+    if limit <= 0:
+        return plans
+    ordered = sorted(claimable, key=lambda c: c.name)
+    if settings.batch_mode == "folder":
+        folders: dict[str, list[Candidate]] = defaultdict(list)
+        for c in ordered:
+            if "/" in c.relative:
+                folders[c.relative.split("/", 1)[0]].append(c)
+            else:
+                plans.append(Plan([c]))
+        plans += [Plan(files, folder) for folder, files in folders.items()]
+        plans.sort(key=lambda p: p.files[0].name)
+        return plans[:limit]
+    current: list[Candidate] = []
+    size = 0
+    for c in ordered:
+        if current and (
+            len(current) >= settings.batch_max_files or size + c.size > settings.batch_max_bytes
+        ):
+            plans.append(Plan(current))
+            if len(plans) >= limit:
+                return plans
+            current, size = [], 0
+        current.append(c)
+        size += c.size
+    if current:
+        plans.append(Plan(current))
+    return plans[:limit]
+
+
+class FileClaim(Enum):
+    OWNED = "owned"
+    DROPPED = "dropped"  # left in (or gone from) incoming; not part of this batch
+    SKIPPED = "skipped"  # never touched (lease lost before it started)
+
+
+def _claim_file(
+    clients: Clients,
+    entry: FileEntry,
+    dest: str,
+    lease: LeaseLock | None,
+    recovering: bool,
+) -> FileClaim:
+    container = clients.container
+    if lease is not None and lease.lost:
+        return FileClaim.SKIPPED
+    copied = copy_blob(container, entry.source, entry.etag, dest)
+    if copied is Outcome.MISSING:
+        # Normal claim: the user (or another claimer) removed it first. Recovery: our crashed
+        # run may have deleted it after copying; the copy tells.
+        if recovering and _exists(clients, dest):
+            return FileClaim.OWNED
+        return FileClaim.DROPPED
+    if copied is Outcome.CHANGED:
+        logger.info("file %s changed during claim: left for the next tick", entry.source)
+        if recovering:
+            delete_quietly(container, dest)
+        return FileClaim.DROPPED
+    deleted = delete_if_unchanged(container, entry.source, entry.etag)
+    if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE):
+        return FileClaim.OWNED
+    # Overwritten after our copy (stays in incoming) or deleted by somebody else: not ours.
+    logger.info("file %s %s before its delete: dropped", entry.source, deleted.value)
+    delete_quietly(container, dest)
+    return FileClaim.DROPPED
+
+
+def _exists(clients: Clients, name: str) -> bool:
+    try:
+        clients.container.get_blob_client(name).get_blob_properties()
+        return True
+    except ResourceNotFoundError:
+        return False
+
+
+@dataclass
+class ClaimResult:
+    manifest: Manifest | None
+    etag: str | None
+    owned: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+
+def _settle_files(
+    clients: Clients,
+    manifest: Manifest,
+    lease: LeaseLock | None,
+    recovering: bool,
+) -> tuple[list[FileEntry], int, int, int]:
+    folder = clients.store.folder(manifest.batch_id)
+
+    def one(entry: FileEntry) -> FileClaim:
+        return _claim_file(clients, entry, folder + entry.blob, lease, recovering)
+
+    results = clients.runner.map(one, manifest.files)
+    owned, dropped, skipped, errors = [], 0, 0, 0
+    for entry, res in zip(manifest.files, results, strict=True):
+        if isinstance(res, BaseException):
+            logger.warning("batch %s: claim of %s failed: %s", manifest.batch_id, entry.source, res)
+            errors += 1
+        elif res is FileClaim.OWNED:
+            owned.append(entry)
+        elif res is FileClaim.DROPPED:
+            dropped += 1
+        else:
+            skipped += 1
+    return owned, dropped, skipped, errors
+
+
+def _finish(
+    clients: Clients, manifest: Manifest, etag: str, owned: list[FileEntry], errors: int
+) -> str | None:
+    """Record the owned files: `claimed`, or roll back an empty batch. With errors the batch is
+    left `claiming` so recovery settles the uncertain files later."""
+    if errors:
+        return None
+    manifest.files = owned
+    if not owned:
+        clients.store.delete(manifest.batch_id)
+        logger.info("batch %s: nothing left to claim, rolled back", manifest.batch_id)
+        return None
+    manifest.state = State.CLAIMED
+    return clients.store.update(manifest, etag)
+
+
+def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
+    """Claim one planned batch. The caller holds the poll lease."""
+    s = clients.settings
+    now = utcnow()
+    batch_id = new_batch_id(now)
+    entries = [
+        FileEntry(
+            source=c.name,
+            name=c.relative,
+            blob=safe_relative_blob(s, batch_id, c.relative, c.name),
+            etag=c.etag,
+            size=c.size,
+        )
+        for c in plan.files
+    ]
+    manifest = Manifest(
+        batch_id=batch_id,
+        state=State.CLAIMING,
+        created=iso(now) or "",
+        updated=iso(now) or "",
+        files=entries,
+        mode=s.batch_mode,
+        folder=plan.folder,
+        ready_marker=s.batch_ready_marker,
+    )
+    etag = clients.store.create(manifest)
+    owned, dropped, skipped, errors = _settle_files(clients, manifest, lease, recovering=False)
+    try:
+        new_etag = _finish(clients, manifest, etag, owned, errors)
+    except ManifestConflict:
+        logger.warning("batch %s: manifest changed during claim; left to recovery", batch_id)
+        new_etag = None
+    if errors:
+        logger.warning(
+            "batch %s: %s file(s) uncertain; left claiming for recovery", batch_id, errors
+        )
+    result = ClaimResult(
+        manifest if new_etag else None, new_etag, len(owned), dropped, skipped, errors
+    )
+    if new_etag:
+        logger.info(
+            "batch %s: claimed %s file(s) (%s dropped, %s skipped)",
+            batch_id,
+            len(owned),
+            dropped,
+            skipped,
+        )
+    return result
+
+
+def resolve_claiming(clients: Clients, batch_id: str) -> tuple[Manifest, str] | None:
+    """Finish a batch a crashed tick left in `claiming`. Returns the `claimed` manifest, or None
+    if nothing was left (rolled back) or it could not be settled yet."""
+    found = clients.store.read(batch_id)
+    if found is None:
+        return None
+    manifest, etag = found
+    if manifest.state is not State.CLAIMING:
+        return found
+    owned, dropped, _skipped, errors = _settle_files(clients, manifest, None, recovering=True)
+    logger.info(
+        "batch %s: recovered claim: %s owned, %s dropped, %s uncertain",
+        batch_id,
+        len(owned),
+        dropped,
+        errors,
+    )
+    try:
+        new_etag = _finish(clients, manifest, etag, owned, errors)
+    except ManifestConflict:
+        return None
+    return (manifest, new_etag) if new_etag else None

@@ -1,0 +1,140 @@
+"""Azure clients, built in one place and reused across invocations.
+
+The Functions worker keeps the Python process alive between timer runs, so connection pools,
+credentials (and their token caches) and thread pools are created once per `Settings`.
+
+Retries: the storage client keeps azure-core's own retry policy (storage throttling is 503 and
+every storage call here is idempotent or hand-retried). The ARM client has azure-core retries
+turned off; `launcher.aci` retries with tenacity instead, so the two never multiply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.pipeline.transport import RequestsTransport
+from azure.identity import DefaultAzureCredential
+from azure.mgmt.containerinstance import ContainerInstanceManagementClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from config import DEFAULT_ARM_ENDPOINT, Settings
+from launcher.aci import AciHook
+from launcher.batch import ManifestStore
+from launcher.blobs import ConcurrentRunner
+
+ARM_POLLING_INTERVAL = 1  # seconds; only used where a caller really waits on an LRO
+
+
+class EmulatorToken(TokenCredential):
+    """A FAKE credential for the local ACI emulator, which accepts any bearer token.
+
+    Selected by ARM_AUTH=emulator, which config.py only allows for a loopback ARM_ENDPOINT, so it
+    can never send a dummy token to Azure. Everything else on the ARM path is the production code.
+    """
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("local-emulator-token", int(time.time()) + 3600)
+
+
+def _transport(pool_size: int, verify: str | bool = True) -> RequestsTransport:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=True, connection_verify=verify)
+
+
+def _arm_scope(settings: Settings) -> str:
+    """Token audience: the public cloud's, or the sovereign cloud's own management endpoint."""
+    if settings.arm_auth == "emulator" or settings.arm_endpoint == DEFAULT_ARM_ENDPOINT:
+        return f"{DEFAULT_ARM_ENDPOINT}/.default"
+    return f"{settings.arm_endpoint}/.default"
+
+
+@dataclass
+class Clients:
+    settings: Settings
+    blob_service: BlobServiceClient
+    container: ContainerClient
+    aci: ContainerInstanceManagementClient
+    runner: ConcurrentRunner
+    credential: TokenCredential | None
+    store: ManifestStore
+    hook: AciHook
+
+
+_lock = threading.Lock()
+_cache: dict[Settings, Clients] = {}
+
+
+def build_clients(
+    settings: Settings,
+    storage_policies: Sequence[Any] = (),
+    arm_policies: Sequence[Any] = (),
+) -> Clients:
+    """Build fresh clients. `*_policies` are extra per-retry azure-core policies (tests and the
+    benchmark count real HTTP requests with them)."""
+    pool = settings.io_concurrency + 8
+    identity: TokenCredential | None = None
+    storage_kwargs: dict[str, Any] = {
+        "transport": _transport(pool),
+        "per_retry_policies": list(storage_policies),
+        "connection_timeout": 10,
+        "read_timeout": 60,
+        "retry_total": 5,
+    }
+    if settings.storage_connection_string:
+        blob_service = BlobServiceClient.from_connection_string(
+            settings.storage_connection_string, **storage_kwargs
+        )
+    else:
+        identity = DefaultAzureCredential()
+        assert settings.storage_account_url is not None
+        blob_service = BlobServiceClient(
+            settings.storage_account_url, credential=identity, **storage_kwargs
+        )
+
+    arm_credential: TokenCredential
+    if settings.arm_auth == "emulator":
+        arm_credential = EmulatorToken()
+    else:
+        identity = identity or DefaultAzureCredential()
+        arm_credential = identity
+    aci = ContainerInstanceManagementClient(
+        arm_credential,
+        settings.subscription_id,
+        base_url=settings.arm_endpoint,
+        credential_scopes=[_arm_scope(settings)],
+        transport=_transport(pool, settings.arm_ca_bundle or True),
+        retry_total=0,
+        polling_interval=ARM_POLLING_INTERVAL,
+        per_retry_policies=list(arm_policies),
+        connection_timeout=10,
+        read_timeout=60,
+    )
+    container = blob_service.get_container_client(settings.watch_container)
+    return Clients(
+        settings=settings,
+        blob_service=blob_service,
+        container=container,
+        aci=aci,
+        runner=ConcurrentRunner(settings.io_concurrency),
+        credential=identity,
+        store=ManifestStore(container, settings),
+        hook=AciHook(aci, settings),
+    )
+
+
+def get_clients(settings: Settings) -> Clients:
+    """The shared clients for `settings`, built on first use."""
+    with _lock:
+        clients = _cache.get(settings)
+        if clients is None:
+            clients = _cache[settings] = build_clients(settings)
+        return clients

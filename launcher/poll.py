@@ -1,0 +1,191 @@
+"""One poll tick: list incoming/, and only if something can be claimed, take the poll lease,
+recover what earlier ticks left behind, claim new batches and launch them.
+
+Cost: an idle tick (nothing claimable) is exactly one List Blobs request: no lease, no writes, no
+ARM call. Recovery of batches left `claiming`/`claimed` therefore happens on the next busy tick or
+when the janitor hands them back (`recover`), which the janitor does on every sweep that sees one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from launcher.aci import GroupInfo
+from launcher.batch import Manifest, State, utcnow
+from launcher.blobs import LeaseLock
+from launcher.claim import Scan, claim, plan_batches, resolve_claiming, scan
+from launcher.clients import Clients
+from launcher.launch import LaunchResult, launch_batch
+
+logger = logging.getLogger(__name__)
+
+CREATE_WINDOW_SECONDS = 300
+
+
+@dataclass
+class TickReport:
+    """What a tick saw and did; returned by the CLI, the admin endpoint and the timer log."""
+
+    idle: bool = False
+    lease_busy: bool = False
+    lease_lost: bool = False
+    listed: int = 0
+    claimable: int = 0
+    unsettled: int = 0
+    folder_markers: int = 0
+    waiting_folders: list[str] = field(default_factory=list)
+    active_groups: int | None = None
+    room: int | None = None
+    claimed: list[dict[str, Any]] = field(default_factory=list)
+    launched: list[dict[str, Any]] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def room_for_launches(clients: Clients, groups: list[GroupInfo]) -> int:
+    """How many groups this tick may create: MAX_ACTIVE_GROUPS minus our groups that exist
+    (finished ones still hold quota until the janitor deletes them), within ACI's create rate
+    (MAX_CREATES_PER_5_MIN, counted from our groups' creation tags) and MAX_BATCHES_PER_TICK."""
+    s = clients.settings
+    now = time.time()
+    recent = sum(1 for g in groups if g.created and g.created >= now - CREATE_WINDOW_SECONDS)
+    return max(
+        0,
+        min(
+            s.max_active_groups - len(groups),
+            s.max_creates_per_5_min - recent,
+            s.max_batches_per_tick,
+        ),
+    )
+
+
+class _Launcher:
+    """Launches within the room left, under the lease, recording results on the report."""
+
+    def __init__(self, clients: Clients, lease: LeaseLock, report: TickReport) -> None:
+        self.clients = clients
+        self.lease = lease
+        self.report = report
+        groups = clients.hook.list_groups()
+        self.existing = {g.name for g in groups}
+        self.room = room_for_launches(clients, groups)
+        report.active_groups = len(groups)
+        report.room = self.room
+
+    def launch(self, manifest: Manifest, etag: str, confirm: bool) -> LaunchResult | None:
+        if self.lease.lost:
+            self.report.lease_lost = True
+            return None
+        result = launch_batch(self.clients, manifest, etag, self.existing, confirm=confirm)
+        if result.launched:
+            self.existing.add(result.group)
+            if not result.adopted:
+                self.room -= 1
+        self.report.launched.append(asdict(result) | {"etag": None})
+        if result.error:
+            self.report.errors.append(f"batch {result.batch_id}: {result.error['code']}")
+        return result
+
+
+def _recover(clients: Clients, launcher: _Launcher) -> None:
+    """Settle batches left `claiming` by a crashed tick and launch `claimed` ones."""
+    s = clients.settings
+    stuck_before = utcnow() - timedelta(seconds=s.stuck_claim_seconds)
+    for ref in sorted(clients.store.list_refs(), key=lambda r: r.batch_id):
+        if launcher.lease.lost:
+            launcher.report.lease_lost = True
+            return
+        found = None
+        if ref.state is State.CLAIMING and ref.last_modified <= stuck_before:
+            found = resolve_claiming(clients, ref.batch_id)
+            launcher.report.recovered.append(ref.batch_id)
+        elif ref.state is State.CLAIMED and launcher.room > 0:
+            found = clients.store.read(ref.batch_id)
+        if found and found[0].state is State.CLAIMED and launcher.room > 0:
+            launcher.launch(found[0], found[1], confirm=True)
+
+
+def _locked_tick(
+    clients: Clients, lease: LeaseLock, found: Scan | None, report: TickReport
+) -> None:
+    launcher = _Launcher(clients, lease, report)
+    _recover(clients, launcher)
+    if found is None:
+        return
+    plans = plan_batches(clients.settings, found.claimable, launcher.room)
+    for plan in plans:
+        if lease.lost:
+            report.lease_lost = True
+            logger.warning("poll lease lost: stopping before claiming more")
+            break
+        result = claim(clients, plan, lease)
+        if result.manifest is None or result.etag is None:
+            continue
+        report.claimed.append(
+            {"batch": result.manifest.batch_id, "files": result.owned, "dropped": result.dropped}
+        )
+        launcher.launch(result.manifest, result.etag, confirm=False)
+
+
+def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> TickReport:
+    lease = LeaseLock(
+        clients.container, clients.settings.poll_lock_blob, clients.settings.lease_seconds
+    )
+    if not lease.try_acquire():
+        report.lease_busy = True
+        logger.info("another poll holds the lease on %s: skipping this tick", lease.name)
+        return report
+    with lease:
+        _locked_tick(clients, lease, found, report)
+        report.lease_lost = report.lease_lost or lease.lost
+    return report
+
+
+def poll(clients: Clients) -> TickReport:
+    """Run one poll tick."""
+    started = time.monotonic()
+    s = clients.settings
+    report = TickReport()
+    listing = list(
+        clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
+    )
+    found = scan(s, listing, utcnow())
+    report.listed = len(listing)
+    report.claimable = len(found.claimable)
+    report.unsettled = found.unsettled
+    report.folder_markers = found.markers
+    report.waiting_folders = found.waiting_folders
+    if not found.claimable:
+        report.idle = True
+        logger.info(
+            "poll: nothing to claim (%s listed, %s settling, %s folders waiting)",
+            report.listed,
+            found.unsettled,
+            len(found.waiting_folders),
+        )
+    else:
+        _with_lease(clients, report, found)
+        logger.info(
+            "poll: claimed %s batch(es), launched %s, %s error(s)",
+            len(report.claimed),
+            sum(1 for x in report.launched if x["launched"]),
+            len(report.errors),
+        )
+    report.duration_seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def recover(clients: Clients) -> TickReport:
+    """Recovery and launch of waiting batches only (the janitor's hand-back to launch)."""
+    started = time.monotonic()
+    report = _with_lease(clients, TickReport(), None)
+    report.duration_seconds = round(time.monotonic() - started, 3)
+    return report

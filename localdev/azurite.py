@@ -1,0 +1,120 @@
+"""Start and stop a real Azurite blob service for local runs, tests, chaos and benchmarks.
+
+Azurite is the npm package pinned in package.json (installed by `make venv`/`npm ci` into
+node_modules). Running it in memory on a free loopback port keeps parallel test sessions apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# The well-known development-storage key: public, documented by Microsoft, Azurite-only.
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+@dataclass(frozen=True)
+class Azurite:
+    """A running Azurite blob endpoint."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def blob_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return connection_string(self.port)
+
+
+def connection_string(port: int, host: str = "127.0.0.1") -> str:
+    """Connection string for Azurite on a given port (`UseDevelopmentStorage=true` means 10000)."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def azurite_binary() -> str:
+    local = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite-blob")
+    if found:
+        return found
+    raise RuntimeError("azurite-blob not found: run `npm ci` (or `make venv`) in the repository root")
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def run_azurite(
+    port: int | None = None, location: Path | None = None, log_file: Path | None = None
+) -> Iterator[Azurite]:
+    """Run Azurite (in memory unless `location` is given) until the context exits."""
+    port = port or free_port()
+    argv = [
+        azurite_binary(),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--loose",
+    ]
+    if location is None:
+        argv.append("--inMemoryPersistence")
+    else:
+        location.mkdir(parents=True, exist_ok=True)
+        argv += ["--location", str(location)]
+    if log_file is None:
+        argv.append("--silent")
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+    )
+    try:
+        wait_for_port(port, 30, proc)
+        logger.info("Azurite blob service on %s (pid %s)", f"127.0.0.1:{port}", proc.pid)
+        yield Azurite(port=port, process=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if log_file:
+            out.close()  # type: ignore[union-attr]
