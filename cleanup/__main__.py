@@ -1,0 +1,45 @@
+"""Command line: `python -m cleanup sweep [--dry-run]` and `python -m cleanup batches [--state S]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cleanup.admin import batch_summaries
+from cleanup.sweep import sweep
+from config import ConfigError, get_settings
+from launcher.__main__ import configure_logging
+from launcher.batch import State
+from launcher.clients import get_clients
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cleanup", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_sweep = sub.add_parser("sweep", help="run one janitor sweep")
+    p_sweep.add_argument("--dry-run", action="store_true", help="report, change nothing")
+    p_list = sub.add_parser("batches", help="list batches newest first")
+    p_list.add_argument("--state", choices=[s.value for s in State])
+    p_list.add_argument("--limit", type=int, default=50)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        clients = get_clients(get_settings())
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.command == "sweep":
+        report = sweep(clients, dry_run=args.dry_run)
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        if report.lease_busy:
+            return 3
+        return 1 if report.errors else 0
+    rows = batch_summaries(clients, State(args.state) if args.state else None, args.limit)
+    print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The admin operations behind the HTTP endpoints, as plain functions of query parameters.
+
+`function_app.py` only turns an HttpRequest into `params` and a `Reply` into an HttpResponse;
+the Functions host enforces the key (auth level FUNCTION: a function key or the master key).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cleanup.sweep import sweep
+from config import ConfigError, get_settings
+from launcher.batch import State
+from launcher.clients import Clients, get_clients
+from launcher.poll import poll
+
+logger = logging.getLogger(__name__)
+
+MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 100
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no", "")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(f"query parameter {name} must be true or false, got {params.get(name)!r}")
+
+
+def _only(params: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(allowed) - {"code"})
+    if unknown:
+        raise BadRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+        )
+
+
+def _clients() -> Clients:
+    return get_clients(get_settings())
+
+
+def _guard(fn: Callable[[Mapping[str, str]], Reply]) -> Callable[[Mapping[str, str]], Reply]:
+    """Turn bad parameters into 400 and configuration problems into 500, both with a message."""
+
+    def wrapper(params: Mapping[str, str]) -> Reply:
+        try:
+            return fn(params)
+        except BadRequest as exc:
+            return Reply(400, {"error": "BadRequest", "message": str(exc)})
+        except ConfigError as exc:
+            logger.error("admin endpoint refused: %s", exc)
+            return Reply(500, {"error": "InvalidConfiguration", "problems": exc.problems})
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+@_guard
+def run_janitor(params: Mapping[str, str]) -> Reply:
+    """Run a sweep now; `dryRun=true` reports what it would do and changes nothing."""
+    _only(params, ("dryRun",))
+    report = sweep(_clients(), dry_run=_flag(params, "dryRun"))
+    if report.lease_busy:
+        return Reply(
+            409,
+            {
+                "error": "SweepInProgress",
+                "message": "another janitor sweep holds the lease; try again shortly",
+            },
+        )
+    return Reply(200, report.to_dict())
+
+
+@_guard
+def run_poll(params: Mapping[str, str]) -> Reply:
+    """Run a poll tick now."""
+    _only(params, ())
+    report = poll(_clients())
+    if report.lease_busy:
+        return Reply(
+            409,
+            {
+                "error": "PollInProgress",
+                "message": "another poll tick holds the lease; try again shortly",
+            },
+        )
+    return Reply(200, report.to_dict())
+
+
+@_guard
+def list_batches(params: Mapping[str, str]) -> Reply:
+    """Batches newest first with state, attempts, group, timings and error; `state=` filters
+    (claiming, claimed, launched, finishing, succeeded, failed), `limit=` caps (default 100)."""
+    _only(params, ("state", "limit"))
+    state_text = params.get("state", "").strip().lower()
+    try:
+        state = State(state_text) if state_text else None
+    except ValueError:
+        raise BadRequest(
+            f"state must be one of: {', '.join(s.value for s in State)}; got {state_text!r}"
+        ) from None
+    try:
+        limit = int(params.get("limit", str(DEFAULT_LIST_LIMIT)))
+    except ValueError:
+        raise BadRequest(f"limit must be an integer, got {params.get('limit')!r}") from None
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
+    batches = batch_summaries(_clients(), state, limit)
+    return Reply(200, {"count": len(batches), "batches": batches})
+
+
+def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[dict[str, Any]]:
+    """Read the newest `limit` manifests (optionally of one state) from all three folders.
+
+    Folders are listed with a delimiter, so the cost is one entry per batch, not per file."""
+    s = clients.settings
+    prefixes = [s.processing_prefix, s.done_prefix, s.failed_prefix]
+    if state is State.SUCCEEDED:
+        prefixes = [s.done_prefix]
+    elif state is State.FAILED:
+        prefixes = [s.failed_prefix]
+    elif state is not None:
+        prefixes = [s.processing_prefix]
+    found: list[tuple[str, str]] = []
+    for prefix in prefixes:
+        for item in clients.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
+            batch_id = item.name[len(prefix) :].rstrip("/")
+            if item.name.endswith("/") and batch_id:
+                found.append((batch_id, prefix))
+    found.sort(reverse=True)
+
+    def read(entry: tuple[str, str]) -> dict[str, Any] | None:
+        got = clients.store.read(entry[0], entry[1])
+        if got is None:
+            return None
+        m = got[0]
+        if state is not None and m.state is not state:
+            return None
+        last = m.attempts[-1] if m.attempts else None
+        return {
+            "batch": m.batch_id,
+            "state": m.state.value,
+            "folder": entry[1] + m.batch_id + "/",
+            "files": len(m.files),
+            "attempt": m.attempt,
+            "group": m.group,
+            "created": m.created,
+            "launched_at": m.launched_at,
+            "finished_at": m.finished_at,
+            "duration_seconds": last.duration_seconds if last else None,
+            "exit_code": last.exit_code if last else None,
+            "error": m.reason or (m.last_error or {}).get("message"),
+            "attempts": [a.__dict__ for a in m.attempts],
+        }
+
+    out: list[dict[str, Any]] = []
+    # Read in pages so a state filter still returns `limit` rows without reading everything.
+    for start in range(0, len(found), limit):
+        for row in clients.runner.map(read, found[start : start + limit]):
+            if isinstance(row, dict):
+                out.append(row)
+        if len(out) >= limit:
+            break
+    return out[:limit]

@@ -1,0 +1,405 @@
+"""The janitor's sweep: finish batches whose group terminated, keep their logs, relaunch or
+dead-letter failures, delete finished groups, and hand stuck batches back to launch.
+
+Order per finished attempt, chosen so a crash at any point is repaired by the next sweep and
+never re-runs a batch that already succeeded:
+  1. read the logs and save them to `processing/<batch>/_logs/attempt-<n>.log`;
+  2. record the attempt (exit code, times, reason) on the manifest: `finishing` (target done or
+     failed) or, with attempts left, back to `claimed` for the next attempt;
+  3. delete the group (kept when KEEP_FAILED_GROUPS=true and the attempt failed: it is tagged
+     `ml-kept` and left alone afterwards);
+  4. for `finishing`: move the batch folder to done/ or failed/, write the final manifest there,
+     delete the one in processing/.
+
+Cost: the sweep first lists our groups (one ARM request) and the manifests in processing/ (one
+List Blobs); with neither, it stops there, without taking its lease. Otherwise it takes the
+janitor lease (so a timer sweep and an on-demand sweep never overlap) and lists again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.mgmt.containerinstance.models import ContainerGroup
+
+from launcher import poll as launcher_poll
+from launcher.aci import AciError, GroupInfo
+from launcher.batch import (
+    LOGS_DIR,
+    Attempt,
+    BatchRef,
+    Manifest,
+    ManifestConflict,
+    State,
+    iso,
+    parse_iso,
+    utcnow,
+)
+from launcher.blobs import LeaseLock, move_blob
+from launcher.clients import Clients
+from launcher.launch import CONTAINER_NAME
+
+logger = logging.getLogger(__name__)
+
+VANISH_GRACE_SECONDS = 120
+SWEEP_CONCURRENCY = 8
+
+
+@dataclass
+class Status:
+    """What a container group's instance view says about its attempt."""
+
+    kind: str  # running | succeeded | failed | timeout | provisioning-failed | vanished
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind != "running"
+
+
+@dataclass
+class SweepReport:
+    dry_run: bool = False
+    idle: bool = False
+    lease_busy: bool = False
+    groups_seen: int = 0
+    batches_seen: int = 0
+    running: list[str] = field(default_factory=list)
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    relaunched: list[str] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    handed_back: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    duration_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
+
+
+def classify(group: ContainerGroup, created: float | None, timeout_minutes: int) -> Status:
+    """Read a group's state the way ACI reports it (restart policy Never)."""
+    now = utcnow()
+    if (group.provisioning_state or "").lower() == "failed":
+        return Status("provisioning-failed", reason=_events_reason(group) or "provisioning failed")
+    container = group.containers[0] if group.containers else None
+    view = getattr(container, "instance_view", None) if container else None
+    current = getattr(view, "current_state", None)
+    started = _timestamp(getattr(current, "start_time", None))
+    state = (getattr(current, "state", None) or "").lower()
+    if state == "terminated":
+        exit_code = getattr(current, "exit_code", None)
+        finished = _timestamp(getattr(current, "finish_time", None))
+        detail = getattr(current, "detail_status", None)
+        kind = "succeeded" if exit_code == 0 else "failed"
+        reason = None if kind == "succeeded" else f"exit code {exit_code} ({detail or 'Error'})"
+        return Status(kind, exit_code, started, finished, reason)
+    group_state = (getattr(group.instance_view, "state", None) or "").lower()
+    if group_state in ("failed", "stopped") and state != "running":
+        return Status("failed", None, started, now, f"container group {group_state}")
+    begin = started or (datetime.fromtimestamp(created, UTC) if created else None)
+    if begin and now - begin > timedelta(minutes=timeout_minutes):
+        return Status("timeout", None, started, now, f"ran longer than {timeout_minutes} minutes")
+    return Status("running", started_at=started)
+
+
+def _events_reason(group: ContainerGroup) -> str | None:
+    """The last event message ACI reported (image pull failures and the like)."""
+    events: list[Any] = []
+    for container in group.containers or []:
+        events += (container.instance_view.events if container.instance_view else None) or []
+    events += (group.instance_view.events if group.instance_view else None) or []
+    messages = [f"{e.name or e.type}: {e.message}" for e in events if e.message]
+    return messages[-1] if messages else None
+
+
+class Sweep:
+    def __init__(self, clients: Clients, dry_run: bool) -> None:
+        self.clients = clients
+        self.s = clients.settings
+        self.dry_run = dry_run
+        self.report = SweepReport(dry_run=dry_run)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _act(self, description: str) -> bool:
+        """Log an action; in a dry run only record it. True if it should be carried out."""
+        self.report.actions.append(description)
+        if self.dry_run:
+            logger.info("dry run: would %s", description)
+            return False
+        logger.info("janitor: %s", description)
+        return True
+
+    def _delete_group(self, name: str, why: str) -> None:
+        if not self._act(f"delete group {name} ({why})"):
+            return
+        try:
+            self.clients.hook.delete(name)
+            self.report.deleted.append(name)
+        except AciError as exc:
+            # ContainerGroupTransitioning and friends: the next sweep tries again.
+            self.report.errors.append(f"delete {name}: {exc.code}")
+            logger.warning("janitor: could not delete %s yet: %s", name, exc)
+
+    def _keep_group(self, name: str) -> None:
+        if not self._act(f"keep failed group {name} for inspection (KEEP_FAILED_GROUPS)"):
+            return
+        self.clients.hook.mark_kept(name)
+        self.report.kept.append(name)
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    def finalize_attempt(self, batch_id: str, group: str, status: Status) -> None:
+        """Record a terminated (or timed out, or vanished) attempt and decide what comes next."""
+        store = self.clients.store
+        found = store.read(batch_id)
+        if found is None:
+            return
+        manifest, etag = found
+        if manifest.state is not State.LAUNCHED or manifest.group != group:
+            return  # somebody already recorded it
+        rec = manifest.current_attempt() or Attempt(attempt=manifest.attempt, group=group)
+        if rec not in manifest.attempts:
+            manifest.attempts.append(rec)
+        rec.outcome = status.kind
+        rec.exit_code = status.exit_code
+        rec.reason = status.reason
+        rec.started_at = iso(status.started_at) or rec.started_at
+        rec.finished_at = iso(status.finished_at or utcnow())
+        begin = status.started_at or parse_iso(rec.launched_at)
+        end = status.finished_at or utcnow()
+        rec.duration_seconds = round((end - begin).total_seconds(), 1) if begin else None
+        if status.kind != "vanished":
+            rec.logs = f"{LOGS_DIR}/attempt-{manifest.attempt}.log"
+
+        succeeded = status.kind == "succeeded"
+        if succeeded:
+            manifest.state, manifest.target = State.FINISHING, "done"
+            verdict = f"batch {batch_id} attempt {manifest.attempt} succeeded"
+        elif manifest.attempt >= self.s.max_attempts:
+            manifest.state, manifest.target = State.FINISHING, "failed"
+            manifest.reason = f"attempt {manifest.attempt}/{self.s.max_attempts}: {status.reason}"
+            verdict = f"batch {batch_id} failed for good ({manifest.reason})"
+        else:
+            manifest.state = State.CLAIMED
+            verdict = (
+                f"batch {batch_id} attempt {manifest.attempt} {status.kind} ({status.reason}): "
+                f"relaunch as attempt {manifest.attempt + 1}"
+            )
+        if status.kind == "timeout":
+            verdict += f"; stop group {group} first"
+        if not self._act(verdict):
+            return
+        logs = ""
+        if status.kind != "vanished":
+            logs = self.clients.hook.logs(group, CONTAINER_NAME)
+        if status.kind == "timeout":
+            self.clients.hook.stop(group)
+        if rec.logs:
+            folder = store.folder(batch_id)
+            self.clients.container.upload_blob(
+                folder + rec.logs, logs.encode("utf-8", "replace"), overwrite=True
+            )
+        try:
+            etag = store.update(manifest, etag)
+        except ManifestConflict:
+            self.report.errors.append(f"batch {batch_id}: manifest changed during finalize")
+            return
+        entry = {"batch": batch_id, "group": group, "attempt": manifest.attempt} | {
+            "outcome": status.kind,
+            "exit_code": status.exit_code,
+            "duration_seconds": rec.duration_seconds,
+        }
+        if succeeded:
+            self.report.finished.append(entry)
+        elif manifest.state is State.CLAIMED:
+            self.report.relaunched.append(batch_id)
+        else:
+            self.report.failed.append(entry | {"reason": manifest.reason})
+        if status.kind != "vanished":
+            if not succeeded and self.s.keep_failed_groups:
+                self._keep_group(group)
+            else:
+                self._delete_group(group, f"attempt {manifest.attempt} {status.kind}")
+        if manifest.state is State.FINISHING:
+            self.finish(manifest)
+
+    def finish(self, manifest: Manifest) -> None:
+        """Move a `finishing` batch to done/ or failed/ (idempotent, resumable)."""
+        s, store = self.s, self.clients.store
+        target_prefix = s.done_prefix if manifest.target == "done" else s.failed_prefix
+        if not self._act(f"move batch {manifest.batch_id} to {target_prefix}"):
+            return
+        source_folder = store.folder(manifest.batch_id)
+        target_folder = store.folder(manifest.batch_id, target_prefix)
+        manifest_path = store.path(manifest.batch_id)
+        names = [
+            b.name
+            for b in self.clients.container.list_blobs(name_starts_with=source_folder)
+            if b.name != manifest_path
+        ]
+        results = self.clients.runner.map(
+            lambda n: move_blob(self.clients.container, n, target_folder + n[len(source_folder) :]),
+            names,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            self.report.errors.append(
+                f"batch {manifest.batch_id}: {len(failures)} blob(s) not moved yet: {failures[0]}"
+            )
+            return
+        manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
+        manifest.finished_at = iso(utcnow())
+        store.put(manifest, target_prefix)
+        store.delete(manifest.batch_id)
+
+    # -- the sweep -----------------------------------------------------------------------------
+
+    def inspect(self, g: GroupInfo) -> None:
+        assert g.batch_id is not None
+        group = self.clients.hook.get(g.name)
+        status = (
+            Status("vanished", reason="container group disappeared")
+            if group is None
+            else classify(group, g.created, self.s.job_timeout_minutes)
+        )
+        if not status.terminal:
+            self.report.running.append(g.name)
+            return
+        self.finalize_attempt(g.batch_id, g.name, status)
+
+    def check_vanished(self, ref: BatchRef) -> None:
+        """A `launched` batch whose group is not in the list: confirm with a GET (the list may
+        lag behind a fresh create) and only after a grace period, then count it as a failed
+        attempt."""
+        found = self.clients.store.read(ref.batch_id)
+        if found is None or found[0].state is not State.LAUNCHED or not found[0].group:
+            return
+        manifest = found[0]
+        launched = parse_iso(manifest.launched_at)
+        if launched and utcnow() - launched < timedelta(seconds=VANISH_GRACE_SECONDS):
+            return
+        if self.clients.hook.get(manifest.group or "") is not None:
+            return
+        self.finalize_attempt(
+            ref.batch_id,
+            manifest.group or "",
+            Status("vanished", reason="container group disappeared"),
+        )
+
+    def plan(self, groups: list[GroupInfo], refs: list[BatchRef]) -> None:
+        s = self.s
+        by_batch = {r.batch_id: r for r in refs}
+        now = time.time()
+        inspect: list[GroupInfo] = []
+        current: set[tuple[str, int]] = set()
+        for g in groups:
+            ref = by_batch.get(g.batch_id or "")
+            if ref is None:
+                age = now - (g.created or 0)
+                if age >= s.orphan_grace_minutes * 60:
+                    self.report.orphans.append(g.name)
+                    self._delete_group(g.name, "orphan: no batch in processing")
+                continue
+            if ref.state is State.LAUNCHED and g.attempt == ref.attempt:
+                inspect.append(g)
+                current.add((ref.batch_id, ref.attempt))
+            elif (ref.state is State.LAUNCHED and g.attempt < ref.attempt) or (
+                ref.state in (State.CLAIMED, State.CLAIMING, State.FINISHING)
+                and g.attempt <= ref.attempt
+            ):
+                self._delete_group(g.name, f"stale attempt {g.attempt} of batch {ref.batch_id}")
+        vanished = [
+            r for r in refs if r.state is State.LAUNCHED and (r.batch_id, r.attempt) not in current
+        ]
+        with ThreadPoolExecutor(max_workers=SWEEP_CONCURRENCY, thread_name_prefix="sweep") as pool:
+            futures = [pool.submit(self.inspect, g) for g in inspect]
+            futures += [pool.submit(self.check_vanished, r) for r in vanished]
+            futures += [
+                pool.submit(self._finish_ref, r) for r in refs if r.state is State.FINISHING
+            ]
+            for fut in futures:
+                try:
+                    fut.result()
+                except Exception as exc:
+                    logger.exception("janitor: step failed")
+                    self.report.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _finish_ref(self, ref: BatchRef) -> None:
+        found = self.clients.store.read(ref.batch_id)
+        if found and found[0].state is State.FINISHING:
+            self.finish(found[0])
+
+    def hand_back(self) -> None:
+        """Batches waiting for a (re)launch or left `claiming` go back to the launch step,
+        which runs under the poll lease; if a poll holds it, that poll or a later sweep will."""
+        stuck_before = utcnow() - timedelta(seconds=self.s.stuck_claim_seconds)
+        waiting = [
+            r.batch_id
+            for r in self.clients.store.list_refs()
+            if r.state is State.CLAIMED
+            or (r.state is State.CLAIMING and r.last_modified <= stuck_before)
+        ]
+        if not waiting or not self._act(f"hand {len(waiting)} batch(es) back to launch"):
+            return
+        tick = launcher_poll.recover(self.clients)
+        self.report.handed_back = [x["batch_id"] for x in tick.launched if x["launched"]]
+        self.report.errors += tick.errors
+
+    def run(self) -> SweepReport:
+        hook, store = self.clients.hook, self.clients.store
+        groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
+        refs = store.list_refs()
+        if not groups and not refs:
+            self.report.idle = True
+            return self.report
+        lease = LeaseLock(self.clients.container, self.s.janitor_lock_blob, self.s.lease_seconds)
+        if not lease.try_acquire():
+            self.report.lease_busy = True
+            logger.info("janitor: another sweep holds %s", lease.name)
+            return self.report
+        with lease:
+            groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
+            refs = store.list_refs()
+            self.report.groups_seen, self.report.batches_seen = len(groups), len(refs)
+            self.plan(groups, refs)
+            self.hand_back()
+        return self.report
+
+
+def sweep(clients: Clients, dry_run: bool = False) -> SweepReport:
+    """Run one janitor sweep; see the module docstring."""
+    started = time.monotonic()
+    report = Sweep(clients, dry_run).run()
+    report.duration_seconds = round(time.monotonic() - started, 3)
+    logger.info(
+        "janitor%s: %s group(s), %s batch(es): %s finished, %s relaunched, %s failed, "
+        "%s deleted, %s error(s)",
+        " (dry run)" if dry_run else "",
+        report.groups_seen,
+        report.batches_seen,
+        len(report.finished),
+        len(report.relaunched),
+        len(report.failed),
+        len(report.deleted),
+        len(report.errors),
+    )
+    return report

@@ -1,0 +1,53 @@
+"""Azure Functions entry points (Python v2 model). Wiring only: every trigger calls a plain
+function in `launcher/` or `cleanup/`, which also run from the command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import azure.functions as func
+
+from cleanup import admin
+from cleanup.sweep import sweep
+from config import get_settings
+from launcher.clients import get_clients
+from launcher.poll import poll
+
+logging.getLogger("azure").setLevel(logging.WARNING)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.timer_trigger(schedule="%POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def poll_timer(timer: func.TimerRequest) -> None:
+    """Claim new files and launch their batches (exactly one List Blobs when idle)."""
+    poll(get_clients(get_settings()))
+
+
+@app.timer_trigger(schedule="%JANITOR_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def janitor_timer(timer: func.TimerRequest) -> None:
+    """Finish terminated batches, keep logs, relaunch or dead-letter, delete groups."""
+    sweep(get_clients(get_settings()))
+
+
+def _reply(reply: admin.Reply) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(reply.body, indent=2, default=str),
+        status_code=reply.status,
+        mimetype="application/json",
+    )
+
+
+@app.route(route="admin/janitor", methods=["POST"])
+def admin_janitor(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(admin.run_janitor(dict(req.params)))
+
+
+@app.route(route="admin/poll", methods=["POST"])
+def admin_poll(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(admin.run_poll(dict(req.params)))
+
+
+@app.route(route="admin/batches", methods=["GET"])
+def admin_batches(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(admin.list_batches(dict(req.params)))
