@@ -28,6 +28,8 @@ from launcher.aci import AciHook
 from launcher.batch import ManifestStore
 from launcher.blobs import ConcurrentRunner
 
+CONNECTION_TIMEOUT = 10
+READ_TIMEOUT = 60
 ARM_POLLING_INTERVAL = 1  # seconds; only used where a caller really waits on an LRO
 
 
@@ -43,11 +45,18 @@ class EmulatorToken(TokenCredential):
 
 
 def _transport(pool_size: int, verify: str | bool = True) -> RequestsTransport:
+    """A requests session whose pool matches IO_CONCURRENCY (requests defaults to 10)."""
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=True, connection_verify=verify)
+    return RequestsTransport(
+        session=session,
+        session_owner=True,
+        connection_verify=verify,
+        connection_timeout=CONNECTION_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+    )
 
 
 def _arm_scope(settings: Settings) -> str:
@@ -84,9 +93,8 @@ def build_clients(
     identity: TokenCredential | None = None
     storage_kwargs: dict[str, Any] = {
         "transport": _transport(pool),
-        "per_retry_policies": list(storage_policies),
-        "connection_timeout": 10,
-        "read_timeout": 60,
+        # The storage SDK's name for extra per-retry policies.
+        "_additional_pipeline_policies": list(storage_policies),
         "retry_total": 5,
     }
     if settings.storage_connection_string:
@@ -115,8 +123,6 @@ def build_clients(
         retry_total=0,
         polling_interval=ARM_POLLING_INTERVAL,
         per_retry_policies=list(arm_policies),
-        connection_timeout=10,
-        read_timeout=60,
     )
     container = blob_service.get_container_client(settings.watch_container)
     return Clients(

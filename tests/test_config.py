@@ -1,0 +1,171 @@
+"""config.py: one error naming every bad setting; aliases; defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import ConfigError, load_settings, ncrontab_problem
+
+SUB = "00000000-0000-0000-0000-000000000001"
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {
+        "STORAGE_CONNECTION_STRING": "UseDevelopmentStorage=true",
+        "WATCH_CONTAINER": "watch",
+        "AZURE_SUBSCRIPTION_ID": SUB,
+        "ACI_RESOURCE_GROUP": "rg-ml",
+        "ACI_LOCATION": "westeurope",
+        "ACI_IMAGE": "modellauncher/worker:latest",
+    }
+    env.update(extra)
+    return env
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return info.value.problems
+
+
+def test_minimal_settings_and_defaults() -> None:
+    s = load_settings(base_env())
+    assert s.incoming_prefix == "incoming/"
+    assert s.processing_prefix == "processing/"
+    assert s.done_prefix == "done/" and s.failed_prefix == "failed/"
+    assert s.batch_mode == "tick" and s.batch_settle_seconds == 30
+    assert s.arm_endpoint == "https://management.azure.com"
+    assert s.poll_schedule == "0 */1 * * * *"
+    assert s.account_name == "devstoreaccount1"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    env = {
+        "WATCH_CONTAINER": "Bad_Name",
+        "AZURE_SUBSCRIPTION_ID": "not-a-guid",
+        "ACI_CPU": "lots",
+        "BATCH_MODE": "sometimes",
+        "POLL_SCHEDULE": "*/5 * * * *",
+        "LEASE_SECONDS": "90",
+        "ARM_ENDPOINT": "http://management.azure.com",
+    }
+    found = problems(env)
+    text = "\n".join(found)
+    for name in (
+        "STORAGE_CONNECTION_STRING",
+        "WATCH_CONTAINER",
+        "AZURE_SUBSCRIPTION_ID",
+        "ACI_RESOURCE_GROUP",
+        "ACI_LOCATION",
+        "ACI_IMAGE",
+        "ACI_CPU",
+        "BATCH_MODE",
+        "POLL_SCHEDULE",
+        "LEASE_SECONDS",
+        "ARM_ENDPOINT",
+    ):
+        assert name in text, f"{name} missing from:\n{text}"
+    assert len(found) >= 11
+
+
+def test_seed_aliases_are_accepted() -> None:
+    s = load_settings(
+        {
+            "AzureAccountName": "acct",
+            "AzureAccountKey": "a2V5",
+            "ContainerName": "data",
+            "ResourceGroupName": "rg-old",
+            "AZURE_SUBSCRIPTION_ID": SUB,
+            "ACI_LOCATION": "westeurope",
+            "ACI_IMAGE": "img",
+        }
+    )
+    assert s.watch_container == "data"
+    assert s.resource_group == "rg-old"
+    assert s.storage_connection_string and "AccountName=acct" in s.storage_connection_string
+    assert s.account_name == "acct"
+    # Without a key the seed name means identity-based access.
+    env = base_env(AzureAccountName="acct")
+    del env["STORAGE_CONNECTION_STRING"]
+    assert load_settings(env).storage_account_url == "https://acct.blob.core.windows.net"
+
+
+def test_env_and_secure_env_are_collected_and_secrets_hidden_from_repr() -> None:
+    s = load_settings(
+        base_env(
+            ACI_ENV_MODEL="small",
+            ACI_SECURE_ENV_API_TOKEN="s3cret",
+            ACI_REGISTRY_SERVER="r.io",
+            ACI_REGISTRY_USERNAME="u",
+            ACI_REGISTRY_PASSWORD="hunter2",
+        )
+    )
+    assert s.env == (("MODEL", "small"),)
+    assert s.secure_env == (("API_TOKEN", "s3cret"),)
+    assert "s3cret" not in repr(s) and "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"ACI_ENV_ML_BATCH_ID": "x"}, "ML_ prefix is reserved"),
+        ({"ACI_ENV_A": "1", "ACI_SECURE_ENV_A": "2"}, "both set"),
+        ({"ACI_REGISTRY_USERNAME": "u"}, "ACI_REGISTRY_SERVER"),
+        ({"ACI_REGISTRY_SERVER": "r.azurecr.io"}, "ACI_IDENTITY_ID"),
+        ({"ACI_IDENTITY_ID": "/subscriptions/x/rg/y"}, "user-assigned identity"),
+        ({"ACI_GPU_COUNT": "2"}, "ACI_GPU_SKU"),
+        ({"ACI_GPU_SKU": "A100"}, "ACI_GPU_SKU"),
+        ({"ACI_SUBNET_ID": "/subscriptions/x/vnet"}, "ACI_SUBNET_ID"),
+        ({"GROUP_PREFIX": "ML_"}, "GROUP_PREFIX"),
+        ({"INCOMING_PREFIX": "work/", "PROCESSING_PREFIX": "work/"}, "overlap"),
+        ({"ARM_AUTH": "emulator"}, "loopback"),
+        ({"ACI_COMMAND": "[1, 2]"}, "ACI_COMMAND"),
+        ({"STORAGE_ACCOUNT_URL": "https://a.blob.core.windows.net"}, "both set"),
+        ({"BATCH_READY_MARKER": "a/b"}, "BATCH_READY_MARKER"),
+        ({"KEEP_FAILED_GROUPS": "maybe"}, "KEEP_FAILED_GROUPS"),
+        ({"ARM_CA_BUNDLE": "/nonexistent/ca.pem"}, "ARM_CA_BUNDLE"),
+    ],
+)
+def test_bad_settings_are_named(extra: dict[str, str], needle: str) -> None:
+    text = "\n".join(problems(base_env(**extra)))
+    assert needle in text
+
+
+def test_command_forms() -> None:
+    assert load_settings(base_env(ACI_COMMAND='["python", "-m", "worker"]')).command == (
+        "python",
+        "-m",
+        "worker",
+    )
+    assert load_settings(base_env(ACI_COMMAND="python -m 'my worker'")).command == (
+        "python",
+        "-m",
+        "my worker",
+    )
+
+
+@pytest.mark.parametrize(
+    "expr", ["0 */5 * * * *", "0 30 9 * * 1-5", "0 0 * * * *", "*/10 * * * * *", "0 0 9 * Jan Mon"]
+)
+def test_valid_ncrontab(expr: str) -> None:
+    assert ncrontab_problem(expr) is None
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "*/5 * * * *",
+        "60 * * * * *",
+        "0 0 25 * * *",
+        "0 */0 * * * *",
+        "0 5-1 * * * *",
+        "x * * * * *",
+    ],
+)
+def test_invalid_ncrontab(expr: str) -> None:
+    assert ncrontab_problem(expr) is not None
+
+
+def test_prefix_normalisation() -> None:
+    s = load_settings(base_env(INCOMING_PREFIX="/drop", OUTPUT_PREFIX="results"))
+    assert s.incoming_prefix == "drop/" and s.output_prefix == "results/"
