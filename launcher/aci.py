@@ -22,7 +22,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
-from azure.mgmt.containerinstance.models import ContainerGroup
+from azure.mgmt.containerinstance.models import ContainerGroup, Resource
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -43,6 +43,7 @@ TAG_SOURCE = "ml-source"
 TAG_BATCH = "ml-batch"
 TAG_ATTEMPT = "ml-attempt"
 TAG_CREATED = "ml-created"
+TAG_KEPT = "ml-kept"
 TRANSITIONING = "ContainerGroupTransitioning"
 RETRY_ATTEMPTS = 6
 RETRY_MAX_SECONDS = 120.0
@@ -112,6 +113,7 @@ class GroupInfo:
     attempt: int
     created: float | None
     provisioning_state: str | None
+    kept: bool = False
 
 
 def source_tag(settings: Settings) -> str:
@@ -170,6 +172,7 @@ class AciHook:
                     attempt=attempt,
                     created=created,
                     provisioning_state=group.provisioning_state,
+                    kept=tags.get(TAG_KEPT) == "true",
                 )
             )
         return ours
@@ -196,6 +199,14 @@ class AciHook:
         except ResourceNotFoundError:
             return ""
         return str(result.content or "")
+
+    def mark_kept(self, name: str) -> None:
+        """Tag a failed group the operator wants to inspect, so sweeps leave it alone."""
+        group = self.get(name)
+        if group is None:
+            return
+        tags = dict(group.tags or {}) | {TAG_KEPT: "true"}
+        self._call(self.client.container_groups.update, self.rg, name, Resource(tags=tags))
 
     def stop(self, name: str) -> None:
         with contextlib.suppress(ResourceNotFoundError):
