@@ -1,0 +1,58 @@
+# Model Launcher developer commands. `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run demo test lint fmt typecheck chaos bench deploy clean
+
+venv: $(STAMP) node_modules/.bin/azurite-blob
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+node_modules/.bin/azurite-blob: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## Run the whole pipeline locally: Azurite, the ACI emulator, the local Functions host.
+run: venv
+	$(PY) -m localdev.run
+
+## The same stack, scripted: drop a sample folder (with one bad file) and check the outcome.
+demo: venv
+	$(PY) -m localdev.run --demo
+
+## Lint, type-check and run every test (Azurite and the ACI emulator start by themselves).
+test: venv lint typecheck
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: venv
+	$(VENV)/bin/mypy .
+
+## Reliability suite at full trial counts (a short seeded version runs inside `make test`).
+chaos: venv
+	$(PY) scripts/chaos.py
+
+## Benchmark: idle cost, claim speed vs the one-by-one baseline, scale, launch, sweep.
+bench: venv
+	$(PY) scripts/bench.py
+
+## Deploy to Azure (needs the az CLI and a subscription): see README "Deploying to Azure".
+deploy:
+	scripts/deploy.sh
+
+clean:
+	rm -rf $(VENV) node_modules .localdev .pytest_cache .mypy_cache .ruff_cache
