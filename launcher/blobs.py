@@ -37,6 +37,7 @@ R = TypeVar("R")
 # Statuses worth another try for a hand-retried call; everything else is an answer.
 _TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 HAND_RETRIES = 6
+THROTTLED_HEADER = "x-ml-original-status"
 
 
 class Outcome(Enum):
@@ -118,8 +119,10 @@ def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Out
                 return Outcome.CHANGED
             if not is_transient(exc) or attempt == HAND_RETRIES - 1:
                 raise
-            # A 5xx may still have been applied by the service.
-            uncertain = uncertain or exc.status_code != 429
+            # A 5xx may still have been applied by the service; a throttled request was not.
+            headers = getattr(exc.response, "headers", None) or {}
+            throttled = exc.status_code == 429 or headers.get(THROTTLED_HEADER) == "429"
+            uncertain = uncertain or not throttled
         except (ServiceRequestError, ServiceResponseError):
             if attempt == HAND_RETRIES - 1:
                 raise

@@ -18,6 +18,8 @@ from typing import Any
 
 import requests
 from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
@@ -26,8 +28,9 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from config import DEFAULT_ARM_ENDPOINT, Settings
 from launcher.aci import AciHook
 from launcher.batch import ManifestStore
-from launcher.blobs import ConcurrentRunner
+from launcher.blobs import THROTTLED_HEADER, ConcurrentRunner
 
+MAX_THROTTLE_SLEEP = 5.0
 CONNECTION_TIMEOUT = 10
 READ_TIMEOUT = 60
 ARM_POLLING_INTERVAL = 1  # seconds; only used where a caller really waits on an LRO
@@ -42,6 +45,24 @@ class EmulatorToken(TokenCredential):
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         return AccessToken("local-emulator-token", int(time.time()) + 3600)
+
+
+class ThrottleAsServerBusy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Blob storage throttles with 503 ServerBusy, which its SDK retries; front ends and proxies
+    may answer 429 instead, which the storage SDK would not retry. Treat them alike, after
+    honouring a short Retry-After. The original status stays visible in a header so callers
+    that must know whether a request was applied (see `blobs.delete_if_unchanged`) still can."""
+
+    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
+        http = response.http_response
+        if http.status_code != 429:
+            return
+        try:
+            time.sleep(min(float(http.headers.get("Retry-After", "1")), MAX_THROTTLE_SLEEP))
+        except ValueError:
+            pass
+        http.headers[THROTTLED_HEADER] = "429"
+        http.status_code = 503
 
 
 def _transport(pool_size: int, verify: str | bool = True) -> RequestsTransport:
@@ -94,7 +115,7 @@ def build_clients(
     storage_kwargs: dict[str, Any] = {
         "transport": _transport(pool),
         # The storage SDK's name for extra per-retry policies.
-        "_additional_pipeline_policies": list(storage_policies),
+        "_additional_pipeline_policies": [ThrottleAsServerBusy(), *storage_policies],
         "retry_total": 5,
     }
     if settings.storage_connection_string:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from launcher.aci import GroupInfo
-from launcher.batch import Manifest, State, utcnow
+from launcher.batch import Manifest, ManifestConflict, State, utcnow
 from launcher.blobs import LeaseLock
 from launcher.claim import Scan, claim, plan_batches, resolve_claiming, scan
 from launcher.clients import Clients
@@ -84,7 +84,13 @@ class _Launcher:
         if self.lease.lost:
             self.report.lease_lost = True
             return None
-        result = launch_batch(self.clients, manifest, etag, self.existing, confirm=confirm)
+        try:
+            result = launch_batch(self.clients, manifest, etag, self.existing, confirm=confirm)
+        except ManifestConflict:
+            # Somebody else (a recovery after our lease was lost) moved this batch on.
+            self.report.errors.append(f"batch {manifest.batch_id}: manifest changed during launch")
+            logger.warning("batch %s: manifest changed during launch", manifest.batch_id)
+            return None
         if result.launched:
             self.existing.add(result.group)
             if not result.adopted:
