@@ -53,7 +53,7 @@ class ThrottleAsServerBusy(SansIOHTTPPolicy):  # type: ignore[type-arg]
     honouring a short Retry-After. The original status stays visible in a header so callers
     that must know whether a request was applied (see `blobs.delete_if_unchanged`) still can."""
 
-    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:  # type: ignore[type-arg]
+    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:
         http = response.http_response
         if http.status_code != 429:
             return
