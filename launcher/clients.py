@@ -47,7 +47,7 @@ class EmulatorToken(TokenCredential):
         return AccessToken("local-emulator-token", int(time.time()) + 3600)
 
 
-class ThrottleAsServerBusy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+class ThrottleAsServerBusy(SansIOHTTPPolicy):
     """Blob storage throttles with 503 ServerBusy, which its SDK retries; front ends and proxies
     may answer 429 instead, which the storage SDK would not retry. Treat them alike, after
     honouring a short Retry-After. The original status stays visible in a header so callers
