@@ -1,0 +1,475 @@
+// Model Launcher: Function App (Flex Consumption, Python 3.11) that turns the blob container
+// `watch` into a batch queue and launches one Azure Container Instances group per batch.
+// Deploy with scripts/deploy.sh (or: az deployment group create -g <rg> -f infra/main.bicep -p ...).
+//
+// Design decisions
+// - Hosting: Flex Consumption (FC1). It is the Linux serverless plan that supports keyless storage
+//   end to end: identity-based AzureWebJobsStorage AND identity-based code deployment (a blob
+//   container read with the app's identity). Linux Consumption (Y1) can't deploy code with
+//   `func publish`/`config-zip` when the storage account allows no shared key, and is retiring
+//   in 2028. Flex declares the worker runtime in functionAppConfig.runtime (python 3.11) and
+//   rejects a FUNCTIONS_WORKER_RUNTIME app setting, so that one is deliberately not set;
+//   FUNCTIONS_EXTENSION_VERSION=~4 is accepted (the platform manages it on Flex).
+// - Two storage accounts, both without shared keys: `data` holds the watched container, `host`
+//   holds the Functions host state (timer locks, keys, deployment package). Separate accounts let
+//   the app's data access be scoped to one container: the host needs Storage Blob Data Owner on
+//   its whole account, which on a shared account would cover the watched data too.
+// - Least privilege for ARM: a custom role with Microsoft.ContainerInstance/containerGroups/* on
+//   this resource group (not Contributor), Managed Identity Operator on the containers' identity
+//   only (to attach it to groups), and a subnet-join role on the given subnet only.
+// - Containers authenticate as a user-assigned identity (ACI_IDENTITY_ID), so the app never has
+//   to mint a SAS (that would need Storage Blob Delegator at account scope).
+
+targetScope = 'resourceGroup'
+
+@description('Azure region for every resource, including the container groups (ACI_LOCATION). The region must offer Flex Consumption and Container Instances.')
+param location string = resourceGroup().location
+
+@description('Short lowercase prefix for resource names: 2-10 letters or digits (hyphens are dropped for storage accounts).')
+@minLength(2)
+@maxLength(10)
+param namePrefix string
+
+@description('Worker image that processes a batch (ACI_IMAGE), e.g. myacr.azurecr.io/modellauncher/worker:latest.')
+param workerImage string
+
+@description('NCRONTAB (6 fields, with seconds) for the poll/launch timer (POLL_SCHEDULE).')
+param pollSchedule string = '0 */1 * * * *'
+
+@description('NCRONTAB (6 fields, with seconds) for the janitor timer (JANITOR_SCHEDULE).')
+param janitorSchedule string = '30 */2 * * * *'
+
+@description('Optional subnet resource ID for the container groups (ACI_SUBNET_ID). The subnet must be delegated to Microsoft.ContainerInstance/containerGroups. Empty: groups get no VNet.')
+param subnetId string = ''
+
+@description('Optional Azure Container Registry for private worker images: registry name (myacr) or login server (myacr.azurecr.io). Empty: taken from workerImage when its host is an ACR login server.')
+param registry string = ''
+
+@description('Resource group of the registry when it is not this one. The template then cannot grant AcrPull itself; scripts/deploy.sh does (output acrPullPending).')
+param registryResourceGroup string = resourceGroup().name
+
+@description('Name of the blob container that users drop files into (WATCH_CONTAINER).')
+@minLength(3)
+@maxLength(63)
+param watchContainerName string = 'watch'
+
+@description('Flex Consumption scale-out limit for the app.')
+@minValue(40)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Flex Consumption instance memory size in MB.')
+@allowed([512, 2048, 4096])
+param instanceMemoryMB int = 2048
+
+@description('Extra app settings (name: value), e.g. {"ACI_CPU": "2", "MAX_ATTEMPTS": "3"}; names the template sets itself are ignored (use the parameters). Each deployment replaces all app settings: settings added later with the CLI must be passed again (scripts/deploy.sh does) or put here.')
+param extraAppSettings object = {}
+
+@description('Tags for every resource.')
+param tags object = {}
+
+// ---------------------------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------------------------
+
+var prefix = toLower(namePrefix)
+var compactPrefix = replace(prefix, '-', '')
+var token = uniqueString(resourceGroup().id, prefix)
+var dataStorageName = take('${compactPrefix}data${token}', 24)
+var hostStorageName = take('${compactPrefix}host${token}', 24)
+var functionAppName = '${prefix}-func-${token}'
+var planName = '${prefix}-plan-${token}'
+var workspaceName = '${prefix}-logs-${token}'
+var appInsightsName = '${prefix}-appi-${token}'
+var containerIdentityName = '${prefix}-aci-${token}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(token, 7)}'
+var blobSuffix = 'blob.${environment().suffixes.storage}'
+
+// Registry: explicit parameter, else the worker image's host when it is an ACR login server.
+var acrSuffix = environment().suffixes.acrLoginServer // '.azurecr.io' in the public cloud
+var imageHost = toLower(first(split(workerImage, '/')))
+var imageRegistry = contains(imageHost, '.') && endsWith(imageHost, acrSuffix) ? imageHost : ''
+var registryInput = toLower(empty(registry) ? imageRegistry : registry)
+var hasRegistry = !empty(registryInput)
+var registryName = hasRegistry ? first(split(registryInput, '.')) : ''
+var registryHost = contains(registryInput, '.') ? registryInput : '${registryInput}${acrSuffix}'
+var registryServer = hasRegistry ? registryHost : ''
+var registryInThisGroup = toLower(registryResourceGroup) == toLower(resourceGroup().name)
+
+// Subnet: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<name>
+var hasSubnet = !empty(subnetId)
+var subnetPlaceholder = '/subscriptions/-/resourceGroups/-/providers/Microsoft.Network/virtualNetworks/-/subnets/-'
+var subnetParts = split(hasSubnet ? subnetId : subnetPlaceholder, '/')
+var subnetGroupId = '/subscriptions/${subnetParts[2]}/resourceGroups/${subnetParts[4]}'
+var subnetInThisGroup = hasSubnet && toLower(subnetGroupId) == toLower(resourceGroup().id)
+
+// Built-in role definition IDs (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+var roles = {
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830'
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage: the watched data and the Functions host state, both keyless
+// ---------------------------------------------------------------------------------------------
+
+resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: dataStorageName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_LRS' }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled' // container groups without a subnet reach it over the internet
+    networkAcls: { defaultAction: 'Allow', bypass: 'AzureServices' }
+  }
+}
+
+resource dataBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: dataStorage
+  name: 'default'
+}
+
+resource watchContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: dataBlobService
+  name: watchContainerName
+  properties: { publicAccess: 'None' }
+}
+
+resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: hostStorageName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_LRS' }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: { defaultAction: 'Allow', bypass: 'AzureServices' }
+  }
+}
+
+resource hostBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: hostStorage
+  name: 'default'
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: hostBlobService
+  name: deploymentContainerName
+  properties: { publicAccess: 'None' }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring
+// ---------------------------------------------------------------------------------------------
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: workspaceName
+  location: location
+  tags: tags
+  properties: {
+    sku: { name: 'PerGB2018' }
+    retentionInDays: 30
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: workspace.id
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity of the container groups
+// ---------------------------------------------------------------------------------------------
+
+resource containerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: containerIdentityName
+  location: location
+  tags: tags
+}
+
+// ---------------------------------------------------------------------------------------------
+// Function App
+// ---------------------------------------------------------------------------------------------
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: { tier: 'FlexConsumption', name: 'FC1' }
+  properties: { reserved: true }
+}
+
+// App settings, as a literal list rather than a loop over an object because several values only
+// exist once the resources above do. Extras whose name the template sets itself are ignored.
+var baseSettingNames = [
+  'FUNCTIONS_EXTENSION_VERSION'
+  'AzureWebJobsStorage__accountName'
+  'APPLICATIONINSIGHTS_CONNECTION_STRING'
+  'STORAGE_ACCOUNT_URL'
+  'WATCH_CONTAINER'
+  'POLL_SCHEDULE'
+  'JANITOR_SCHEDULE'
+  'AZURE_SUBSCRIPTION_ID'
+  'ACI_RESOURCE_GROUP'
+  'ACI_LOCATION'
+  'ACI_IMAGE'
+  'ACI_IDENTITY_ID'
+  'ACI_IDENTITY_CLIENT_ID'
+]
+var templateSettingNames = map(concat(baseSettingNames, ['ACI_REGISTRY_SERVER', 'ACI_SUBNET_ID']), n => toLower(n))
+var extraSettings = [for item in items(extraAppSettings): { name: item.key, value: string(item.value) }]
+var extraSettingsKept = filter(extraSettings, setting => !contains(templateSettingNames, toLower(setting.name)))
+
+var baseSettings = [
+  // Runtime major version (on Flex the platform manages it; ~4 is the only valid value).
+  { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
+  // Host storage through the app's system-assigned identity: no connection string, no key.
+  { name: 'AzureWebJobsStorage__accountName', value: hostStorage.name }
+  { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsights.properties.ConnectionString }
+  // The app's own contract (config.py).
+  { name: 'STORAGE_ACCOUNT_URL', value: 'https://${dataStorage.name}.${blobSuffix}' }
+  { name: 'WATCH_CONTAINER', value: watchContainer.name }
+  { name: 'POLL_SCHEDULE', value: pollSchedule }
+  { name: 'JANITOR_SCHEDULE', value: janitorSchedule }
+  { name: 'AZURE_SUBSCRIPTION_ID', value: subscription().subscriptionId }
+  { name: 'ACI_RESOURCE_GROUP', value: resourceGroup().name }
+  { name: 'ACI_LOCATION', value: location }
+  { name: 'ACI_IMAGE', value: workerImage }
+  { name: 'ACI_IDENTITY_ID', value: containerIdentity.id }
+  { name: 'ACI_IDENTITY_CLIENT_ID', value: containerIdentity.properties.clientId }
+]
+var registrySettings = hasRegistry ? [{ name: 'ACI_REGISTRY_SERVER', value: registryServer }] : []
+var subnetSettings = hasSubnet ? [{ name: 'ACI_SUBNET_ID', value: subnetId }] : []
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    siteConfig: {
+      appSettings: concat(baseSettings, registrySettings, subnetSettings, extraSettingsKept)
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${hostStorage.properties.primaryEndpoints.blob}${deploymentContainer.name}'
+          authentication: {
+            type: 'SystemAssignedIdentity'
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Custom roles: only what launching and cleaning up container groups needs
+// ---------------------------------------------------------------------------------------------
+
+resource aciOperatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'model-launcher-aci-operator')
+  properties: {
+    roleName: 'Model Launcher container groups operator (${resourceGroup().name}, ${take(token, 6)})'
+    description: 'Create, read, stop, read logs of and delete Azure Container Instances groups.'
+    type: 'customRole'
+    permissions: [
+      {
+        actions: ['Microsoft.ContainerInstance/containerGroups/*']
+        notActions: []
+      }
+    ]
+    assignableScopes: [resourceGroup().id]
+  }
+}
+
+resource subnetJoinRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (hasSubnet) {
+  name: guid(resourceGroup().id, 'model-launcher-subnet-join')
+  properties: {
+    roleName: 'Model Launcher subnet join (${resourceGroup().name}, ${take(token, 6)})'
+    description: 'Place container groups in a delegated subnet.'
+    type: 'customRole'
+    permissions: [
+      {
+        actions: [
+          'Microsoft.Network/virtualNetworks/subnets/join/action'
+          'Microsoft.Network/virtualNetworks/subnets/read'
+        ]
+        notActions: []
+      }
+    ]
+    assignableScopes: subnetInThisGroup ? [resourceGroup().id] : [resourceGroup().id, subnetGroupId]
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Role assignments
+// ---------------------------------------------------------------------------------------------
+
+// App -> watched container only: list, read, write, lease, delete blobs (claim/move batches).
+resource appWatchData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(watchContainer.id, functionApp.id, roles.storageBlobDataContributor)
+  scope: watchContainer
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// App -> host storage: the Functions host creates containers and keeps timer locks, keys and the
+// deployment package in blobs (Storage Blob Data Owner is the documented minimum) ...
+resource appHostBlobs 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionApp.id, roles.storageBlobDataOwner)
+  scope: hostStorage
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+  }
+}
+
+// ... and persists diagnostic events in tables. Timer and HTTP triggers need no queue role; add
+// Storage Queue Data Contributor here if a blob or queue trigger is ever introduced.
+resource appHostTables 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostStorage.id, functionApp.id, roles.storageTableDataContributor)
+  scope: hostStorage
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+  }
+}
+
+// App -> container groups in this resource group (create, get, list, logs, stop, delete).
+// Custom roles are referenced by their subscription-level ID, the form role assignments expect.
+var aciOperatorRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', aciOperatorRole.name)
+var subnetJoinRoleId = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', guid(resourceGroup().id, 'model-launcher-subnet-join'))
+
+resource appAciOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(resourceGroup().id, functionApp.id, 'model-launcher-aci-operator')
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: aciOperatorRoleId
+  }
+  dependsOn: [aciOperatorRole]
+}
+
+// App -> attach the containers' identity to the groups it creates (assign/action on it alone).
+resource appAssignsContainerIdentity 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(containerIdentity.id, functionApp.id, roles.managedIdentityOperator)
+  scope: containerIdentity
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.managedIdentityOperator)
+  }
+}
+
+// App -> join the given subnet (only that subnet). A subnet in another resource group is
+// assigned by scripts/deploy.sh (output subnetJoinPending).
+resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' existing = if (subnetInThisGroup) {
+  name: subnetParts[8]
+}
+
+resource subnet 'Microsoft.Network/virtualNetworks/subnets@2023-11-01' existing = if (subnetInThisGroup) {
+  parent: vnet
+  name: subnetParts[10]
+}
+
+resource appJoinsSubnet 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (subnetInThisGroup) {
+  name: guid(subnetId, functionApp.id, 'model-launcher-subnet-join')
+  scope: subnet
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subnetJoinRoleId
+  }
+  dependsOn: [subnetJoinRole]
+}
+
+// Containers -> watched container only: read inputs and the manifest, write results.
+resource containersWatchData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(watchContainer.id, containerIdentity.id, roles.storageBlobDataContributor)
+  scope: watchContainer
+  properties: {
+    principalId: containerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// Containers -> pull the worker image. A registry in another resource group is assigned by
+// scripts/deploy.sh (output acrPullPending).
+resource containerRegistry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = if (hasRegistry && registryInThisGroup) {
+  name: registryName
+}
+
+resource containersPullImages 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasRegistry && registryInThisGroup) {
+  name: guid(resourceGroup().id, registryName, containerIdentity.id, roles.acrPull)
+  scope: containerRegistry
+  properties: {
+    principalId: containerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outputs (read by scripts/deploy.sh)
+// ---------------------------------------------------------------------------------------------
+
+output functionAppName string = functionApp.name
+output functionAppHostName string = functionApp.properties.defaultHostName
+output functionPrincipalId string = functionApp.identity.principalId
+output storageAccountName string = dataStorage.name
+output storageAccountUrl string = 'https://${dataStorage.name}.${blobSuffix}'
+output hostStorageAccountName string = hostStorage.name
+output containerName string = watchContainer.name
+output containerIdentityId string = containerIdentity.id
+output containerIdentityClientId string = containerIdentity.properties.clientId
+output containerIdentityPrincipalId string = containerIdentity.properties.principalId
+output registryServer string = registryServer
+output registryName string = registryName
+output acrPullPending bool = hasRegistry && !registryInThisGroup
+output subnetJoinPending bool = hasSubnet && !subnetInThisGroup
+output subnetJoinRoleId string = hasSubnet ? subnetJoinRoleId : ''
+output appSettingNames array = concat(baseSettingNames, hasRegistry ? ['ACI_REGISTRY_SERVER'] : [], hasSubnet ? ['ACI_SUBNET_ID'] : [], map(extraSettingsKept, setting => setting.name))
