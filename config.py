@@ -151,7 +151,7 @@ class Settings:
     subnet_id: str | None = None
     group_prefix: str = "ml-"
     # janitor
-    job_timeout_minutes: int = 60
+    job_timeout_minutes: float = 60.0
     max_attempts: int = 3
     keep_failed_groups: bool = False
     orphan_grace_minutes: int = 15
@@ -558,7 +558,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         registry_password=registry_password,
         subnet_id=subnet_id,
         group_prefix=group_prefix,
-        job_timeout_minutes=r.number(JOB_TIMEOUT_MINUTES, 60, int, 1, 7 * 24 * 60),
+        job_timeout_minutes=r.number(JOB_TIMEOUT_MINUTES, 60.0, float, 0.01, 7 * 24 * 60),
         max_attempts=r.number(MAX_ATTEMPTS, 3, int, 1, 20),
         keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),

@@ -1,5 +1,10 @@
 """Azure Functions entry points (Python v2 model). Wiring only: every trigger calls a plain
-function in `launcher/` or `cleanup/`, which also run from the command line."""
+function in `launcher/` or `cleanup/`, which also run from the command line.
+
+The operator endpoints live under /api/ops/: the Functions host reserves routes (and function
+names) starting with "admin" for its own admin API and refuses to load such functions
+("The specified route conflicts with one or more built in routes", azure-functions-host#1781).
+"""
 
 from __future__ import annotations
 
@@ -38,16 +43,16 @@ def _reply(reply: admin.Reply) -> func.HttpResponse:
     )
 
 
-@app.route(route="admin/janitor", methods=["POST"])
-def admin_janitor(req: func.HttpRequest) -> func.HttpResponse:
+@app.route(route="ops/janitor", methods=["POST"])
+def ops_janitor(req: func.HttpRequest) -> func.HttpResponse:
     return _reply(admin.run_janitor(dict(req.params)))
 
 
-@app.route(route="admin/poll", methods=["POST"])
-def admin_poll(req: func.HttpRequest) -> func.HttpResponse:
+@app.route(route="ops/poll", methods=["POST"])
+def ops_poll(req: func.HttpRequest) -> func.HttpResponse:
     return _reply(admin.run_poll(dict(req.params)))
 
 
-@app.route(route="admin/batches", methods=["GET"])
-def admin_batches(req: func.HttpRequest) -> func.HttpResponse:
+@app.route(route="ops/batches", methods=["GET"])
+def ops_batches(req: func.HttpRequest) -> func.HttpResponse:
     return _reply(admin.list_batches(dict(req.params)))

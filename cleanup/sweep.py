@@ -94,7 +94,7 @@ def _timestamp(value: Any) -> datetime | None:
     return None
 
 
-def classify(group: ContainerGroup, created: float | None, timeout_minutes: int) -> Status:
+def classify(group: ContainerGroup, created: float | None, timeout_minutes: float) -> Status:
     """Read a group's state the way ACI reports it (restart policy Never)."""
     now = utcnow()
     if (group.provisioning_state or "").lower() == "failed":
@@ -116,7 +116,7 @@ def classify(group: ContainerGroup, created: float | None, timeout_minutes: int)
         return Status("failed", None, started, now, f"container group {group_state}")
     begin = started or (datetime.fromtimestamp(created, UTC) if created else None)
     if begin and now - begin > timedelta(minutes=timeout_minutes):
-        return Status("timeout", None, started, now, f"ran longer than {timeout_minutes} minutes")
+        return Status("timeout", None, started, now, f"ran longer than {timeout_minutes:g} minutes")
     return Status("running", started_at=started)
 
 
@@ -206,11 +206,22 @@ class Sweep:
             )
         if status.kind == "timeout":
             verdict += f"; stop group {group} first"
+        if status.kind != "vanished":
+            verdict += f"; save logs to {store.folder(batch_id)}{rec.logs}"
         if not self._act(verdict):
+            # Dry run: also report what would follow.
+            if status.kind != "vanished":
+                keep = not succeeded and self.s.keep_failed_groups
+                self._act(f"{'keep' if keep else 'delete'} group {group}")
+            if manifest.state is State.FINISHING:
+                self._act(f"move batch {batch_id} to {manifest.target}/")
             return
         logs = ""
         if status.kind != "vanished":
-            logs = self.clients.hook.logs(group, CONTAINER_NAME)
+            try:
+                logs = self.clients.hook.logs(group, CONTAINER_NAME)
+            except AciError as exc:  # e.g. ContainerLogNotAvailable: the container never started
+                logs = f"(no container logs: {exc.code}: {exc.message})\n"
         if status.kind == "timeout":
             self.clients.hook.stop(group)
         if rec.logs:
@@ -364,6 +375,11 @@ class Sweep:
         self.report.handed_back = [x["batch_id"] for x in tick.launched if x["launched"]]
         self.report.errors += tick.errors
 
+    def _work(self, groups: list[GroupInfo], refs: list[BatchRef]) -> None:
+        self.report.groups_seen, self.report.batches_seen = len(groups), len(refs)
+        self.plan(groups, refs)
+        self.hand_back()
+
     def run(self) -> SweepReport:
         hook, store = self.clients.hook, self.clients.store
         groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
@@ -371,11 +387,21 @@ class Sweep:
         if not groups and not refs:
             self.report.idle = True
             return self.report
+        if self.dry_run:
+            # A dry run writes nothing, not even the lock blob, so it needs no lease.
+            self._work(groups, refs)
+            return self.report
         lease = LeaseLock(self.clients.container, self.s.janitor_lock_blob, self.s.lease_seconds)
         if not lease.try_acquire():
             self.report.lease_busy = True
             logger.info("janitor: another sweep holds %s", lease.name)
             return self.report
+        with lease:
+            # Listed again under the lease: another sweep may have acted since.
+            self._work(
+                [g for g in hook.list_groups() if g.batch_id and not g.kept], store.list_refs()
+            )
+        return self.report
         with lease:
             groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
             refs = store.list_refs()

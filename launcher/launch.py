@@ -72,7 +72,7 @@ def group_name(settings: Settings, batch_id: str, attempt: int) -> str:
 
 
 def _storage_access(
-    clients: Clients, expiry_minutes: int
+    clients: Clients, expiry_minutes: float
 ) -> tuple[list[EnvironmentVariable], list[EnvironmentVariable]]:
     """Environment (plain, secure) that lets the container reach storage."""
     settings = clients.settings

@@ -239,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
 Model Launcher is running. Next:
   drop files:     .venv/bin/python scripts/drop.py path/to/folder   (or any Storage client on Azurite)
   watch progress: tail -f .localdev/functions-host.log
-  list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/admin/batches
-  run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/admin/poll
-  run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{HOST_PORT}/api/admin/janitor?dryRun=true'
+  list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/ops/batches
+  run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/ops/poll
+  run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{HOST_PORT}/api/ops/janitor?dryRun=true'
 Press Ctrl-C to stop everything.
 """,
             flush=True,
