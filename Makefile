@@ -21,11 +21,11 @@ node_modules/.bin/azurite-blob: package.json package-lock.json
 
 ## Run the whole pipeline locally: Azurite, the ACI emulator, the local Functions host.
 run: venv
-	$(PY) -m localdev.run
+	$(PY) -m localdev.run $(RUN_ARGS)
 
 ## The same stack, scripted: drop a sample folder (with one bad file) and check the outcome.
 demo: venv
-	$(PY) -m localdev.run --demo
+	$(PY) -m localdev.run --demo $(RUN_ARGS)
 
 ## Lint, type-check and run every test (Azurite and the ACI emulator start by themselves).
 test: venv lint typecheck

@@ -65,6 +65,7 @@ ACI_SUBNET_ID = "ACI_SUBNET_ID"
 GROUP_PREFIX = "GROUP_PREFIX"
 JOB_TIMEOUT_MINUTES = "JOB_TIMEOUT_MINUTES"
 MAX_ATTEMPTS = "MAX_ATTEMPTS"
+NO_RETRY_EXIT_CODES = "NO_RETRY_EXIT_CODES"
 KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
 ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
 STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
@@ -153,6 +154,7 @@ class Settings:
     # janitor
     job_timeout_minutes: float = 60.0
     max_attempts: int = 3
+    no_retry_exit_codes: frozenset[int] = frozenset()
     keep_failed_groups: bool = False
     orphan_grace_minutes: int = 15
     stuck_claim_seconds: int = 300
@@ -253,6 +255,19 @@ class _Reader:
             return False
         self.problems.append(f"{name}={value!r} must be true or false")
         return default
+
+    def int_set(self, name: str) -> frozenset[int]:
+        value = self.raw(name)
+        if value is None:
+            return frozenset()
+        try:
+            codes = frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} must be comma-separated integers, e.g. 1,2")
+            return frozenset()
+        if 0 in codes:
+            self.problems.append(f"{name}: exit code 0 means success and cannot be listed")
+        return codes
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.raw(name)
@@ -560,6 +575,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         group_prefix=group_prefix,
         job_timeout_minutes=r.number(JOB_TIMEOUT_MINUTES, 60.0, float, 0.01, 7 * 24 * 60),
         max_attempts=r.number(MAX_ATTEMPTS, 3, int, 1, 20),
+        no_retry_exit_codes=r.int_set(NO_RETRY_EXIT_CODES),
         keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
         stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),

@@ -194,9 +194,14 @@ class Sweep:
         if succeeded:
             manifest.state, manifest.target = State.FINISHING, "done"
             verdict = f"batch {batch_id} attempt {manifest.attempt} succeeded"
-        elif manifest.attempt >= self.s.max_attempts:
+        elif (
+            manifest.attempt >= self.s.max_attempts
+            or status.exit_code in self.s.no_retry_exit_codes
+        ):
             manifest.state, manifest.target = State.FINISHING, "failed"
             manifest.reason = f"attempt {manifest.attempt}/{self.s.max_attempts}: {status.reason}"
+            if status.exit_code in self.s.no_retry_exit_codes:
+                manifest.reason += " (listed in NO_RETRY_EXIT_CODES: not retried)"
             verdict = f"batch {batch_id} failed for good ({manifest.reason})"
         else:
             manifest.state = State.CLAIMED

@@ -27,7 +27,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from localdev.azurite import REPO_ROOT, run_azurite, wait_for_port
+from localdev.azurite import REPO_ROOT, free_port, run_azurite, wait_for_port
 
 STATE = REPO_ROOT / ".localdev"
 SETTINGS = REPO_ROOT / "local.settings.json"
@@ -41,19 +41,19 @@ def log(msg: str) -> None:
     print(f"[run] {msg}", flush=True)
 
 
-def load_values() -> dict[str, str]:
-    if not SETTINGS.exists():
-        shutil.copyfile(EXAMPLE, SETTINGS)
-        log(f"created {SETTINGS.name} from {EXAMPLE.name}")
-    values: dict[str, str] = json.loads(SETTINGS.read_text())["Values"]
+def load_values(path: Path) -> dict[str, str]:
+    if not path.exists():
+        shutil.copyfile(EXAMPLE, path)
+        log(f"created {path.name} from {EXAMPLE.name}")
+    values: dict[str, str] = json.loads(path.read_text())["Values"]
     return values
 
 
 @contextlib.contextmanager
 def process(
-    argv: list[str], name: str, env: dict[str, str] | None = None
+    argv: list[str], name: str, state: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    logfile = STATE / f"{name}.log"
+    logfile = state / f"{name}.log"
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -63,7 +63,7 @@ def process(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    log(f"{name} started (pid {proc.pid}, log {logfile.relative_to(REPO_ROOT)})")
+    log(f"{name} started (pid {proc.pid}, log {logfile})")
     try:
         yield proc
     finally:
@@ -179,13 +179,24 @@ def main(argv: list[str] | None = None) -> int:
         "--demo", action="store_true", help="drop a sample folder and check the outcome"
     )
     parser.add_argument("--timeout", type=float, default=240, help="demo: seconds to wait")
+    parser.add_argument(
+        "--settings", type=Path, default=SETTINGS, help="local.settings.json to use"
+    )
+    parser.add_argument("--state-dir", type=Path, default=STATE, help="logs and emulator state")
+    parser.add_argument(
+        "--free-ports", action="store_true", help="pick free ports instead of 10000/8443/7071"
+    )
     args = parser.parse_args(argv)
-    STATE.mkdir(exist_ok=True)
-    values = load_values()
-    env = os.environ.copy()
-    env.update({k: v for k, v in values.items() if k not in env})
+    state: Path = args.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    values = load_values(args.settings)
+    ports = (
+        (free_port(), free_port(), free_port())
+        if args.free_ports
+        else (AZURITE_PORT, EMULATOR_PORT, HOST_PORT)
+    )
     container_name = values["WATCH_CONTAINER"]
-    emulator_dir = STATE / "aci"
+    emulator_dir = state / "aci"
     emulator_dir.mkdir(exist_ok=True)
     (emulator_dir / "emulator.json").unlink(missing_ok=True)
     stop = {"now": False}
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with contextlib.ExitStack() as stack:
         azurite = stack.enter_context(
-            run_azurite(AZURITE_PORT, location=STATE / "azurite", log_file=STATE / "azurite.log")
+            run_azurite(ports[0], location=state / "azurite", log_file=state / "azurite.log")
         )
         container = prepare_container(azurite.connection_string, container_name)
         log(f"Azurite on {azurite.blob_url}, container '{container_name}' ready")
@@ -207,29 +218,50 @@ def main(argv: list[str] | None = None) -> int:
                     "-m",
                     "localdev.aci_emulator",
                     "--port",
-                    str(EMULATOR_PORT),
+                    str(ports[1]),
                     "--state-dir",
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
                 ],
                 "aci-emulator",
+                state,
             )
         )
         wait_for_file(emulator_dir / "emulator.json", emulator, 30)
         info = json.loads((emulator_dir / "emulator.json").read_text())
-        shutil.copyfile(info["ca"], emulator_dir / "ca.pem")
         log(f"ACI emulator on {info['url']}")
+        # The host reads the settings file; the environment wins over it, so the ports and the
+        # CA picked here reach the app without editing the user's file.
+        env = os.environ.copy()
+        env.update(
+            {
+                "STORAGE_CONNECTION_STRING": azurite.connection_string,
+                "ARM_ENDPOINT": info["url"],
+                "ARM_CA_BUNDLE": str(info["ca"]),
+            }
+        )
         host = stack.enter_context(
             process(
-                [sys.executable, "-m", "localdev.host", "--port", str(HOST_PORT)],
+                [
+                    sys.executable,
+                    "-m",
+                    "localdev.host",
+                    "--app",
+                    "function_app.py",
+                    "--settings",
+                    str(args.settings.resolve()),
+                    "--port",
+                    str(ports[2]),
+                ],
                 "functions-host",
+                state,
                 env,
             )
         )
-        wait_for_port(HOST_PORT, 30, host)
+        wait_for_port(ports[2], 30, host)
         log(
-            f"Functions host on http://localhost:{HOST_PORT}/api/ (log: .localdev/functions-host.log)"
+            f"Functions host on http://localhost:{ports[2]}/api/ (log: {state / 'functions-host.log'})"
         )
         if args.demo:
             return run_demo(container, values, args.timeout)
@@ -239,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
 Model Launcher is running. Next:
   drop files:     .venv/bin/python scripts/drop.py path/to/folder   (or any Storage client on Azurite)
   watch progress: tail -f .localdev/functions-host.log
-  list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/ops/batches
-  run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{HOST_PORT}/api/ops/poll
-  run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{HOST_PORT}/api/ops/janitor?dryRun=true'
+  list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/batches
+  run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/poll
+  run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{ports[2]}/api/ops/janitor?dryRun=true'
 Press Ctrl-C to stop everything.
 """,
             flush=True,

@@ -169,3 +169,9 @@ def test_invalid_ncrontab(expr: str) -> None:
 def test_prefix_normalisation() -> None:
     s = load_settings(base_env(INCOMING_PREFIX="/drop", OUTPUT_PREFIX="results"))
     assert s.incoming_prefix == "drop/" and s.output_prefix == "results/"
+
+
+def test_no_retry_exit_codes() -> None:
+    assert load_settings(base_env(NO_RETRY_EXIT_CODES="1, 2")).no_retry_exit_codes == {1, 2}
+    assert "NO_RETRY_EXIT_CODES" in "\n".join(problems(base_env(NO_RETRY_EXIT_CODES="x")))
+    assert "cannot be listed" in "\n".join(problems(base_env(NO_RETRY_EXIT_CODES="0")))
