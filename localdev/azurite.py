@@ -64,14 +64,20 @@ def azurite_binary() -> str:
     found = shutil.which("azurite-blob")
     if found:
         return found
-    raise RuntimeError("azurite-blob not found: run `npm ci` (or `make venv`) in the repository root")
+    raise RuntimeError(
+        "azurite-blob not found: run `npm ci` (or `make venv`) in the repository root"
+    )
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before listening on {port}"
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.05)

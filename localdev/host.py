@@ -606,6 +606,13 @@ def index_functions(
                 )
             )
         else:
+            template = trigger.route or name
+            if template.strip("/").lower().startswith(("admin", "runtime")):
+                # The real host refuses these: they collide with its own admin/webhook APIs.
+                raise HostError(
+                    f"function {name!r}: route {template!r} conflicts with one or more built in "
+                    "routes (routes starting with 'admin' or 'runtime' are reserved by the host)"
+                )
             methods = None
             if trigger.methods:
                 methods = frozenset(str(getattr(m, "value", m)).upper() for m in trigger.methods)
@@ -614,7 +621,7 @@ def index_functions(
                     name=name,
                     user_function=user_function,
                     arg_name=trigger.name,
-                    route=RouteTemplate.parse(trigger.route or name),
+                    route=RouteTemplate.parse(template),
                     methods=methods,
                     auth_level=_auth_level_name(trigger.auth_level),
                     wants_context=wants_context,

@@ -53,14 +53,14 @@ def request_kind(request: Any) -> str:
     return {"PUT": "put", "DELETE": "delete", "GET": "get", "HEAD": "head"}.get(method, method)
 
 
-class CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+class CountingPolicy(SansIOHTTPPolicy):
     """Counts every HTTP request that actually leaves the client (retries included)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+    def on_request(self, request: PipelineRequest) -> None:
         with self._lock:
             self.counts[request_kind(request.http_request)] += 1
 
@@ -73,7 +73,7 @@ class CountingPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
             self.counts.clear()
 
 
-class SideEffectPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
+class SideEffectPolicy(SansIOHTTPPolicy):
     """Runs `action` once, just before the first request for which `match` is true: the way a
     user's concurrent upload or delete lands between two steps of the claim."""
 
@@ -83,7 +83,7 @@ class SideEffectPolicy(SansIOHTTPPolicy):  # type: ignore[type-arg]
         self.fired = False
         self._lock = threading.Lock()
 
-    def on_request(self, request: PipelineRequest) -> None:  # type: ignore[type-arg]
+    def on_request(self, request: PipelineRequest) -> None:
         with self._lock:
             if self.fired or not self.match(request.http_request):
                 return

@@ -532,3 +532,27 @@ def test_once(tmp_path: Path, function: str, exit_code: int, expected: str) -> N
     assert expected in log.read_text()
     if function == "tick":
         assert len(ticks.read_text().splitlines()) == 1
+
+
+def test_routes_reserved_by_the_real_host_are_refused(tmp_path: Path) -> None:
+    """Like Azure, which answers "The specified route conflicts with one or more built in routes"."""
+    app = tmp_path / "function_app.py"
+    app.write_text(
+        "import azure.functions as func\n"
+        "app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)\n"
+        "@app.route(route='admin/janitor')\n"
+        "def janitor(req: func.HttpRequest) -> func.HttpResponse:\n"
+        "    return func.HttpResponse('x')\n"
+    )
+    log = tmp_path / "host.log"
+    (tmp_path / "local.settings.json").write_text('{"IsEncrypted": false, "Values": {}}')
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "localdev.host", "--app", str(app), "--port", str(free_port())],
+            cwd=REPO_ROOT,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    assert process.wait(STARTUP_TIMEOUT) == 2
+    assert "conflicts with one or more built in routes" in log.read_text()

@@ -47,7 +47,7 @@ MiB = 1024 * 1024
 
 def fast_retry(total: int = 10) -> LinearRetry:
     """The SDK's own retry policy, with test-sized backoff (the default waits ~15 s)."""
-    return LinearRetry(backoff=0.01, random_jitter_range=0.005, retry_total=total)  # type: ignore[arg-type]
+    return LinearRetry(backoff=0.01, random_jitter_range=0.005, retry_total=total)
 
 
 def via(proxy: Proxy, retries: int = 10, **kwargs: Any) -> BlobServiceClient:

@@ -1,0 +1,1 @@
+"""Test suite (a package so tests import shared helpers as tests.helpers)."""
