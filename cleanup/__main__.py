@@ -1,4 +1,5 @@
-"""Command line: `python -m cleanup sweep [--dry-run]` and `python -m cleanup batches [--state S]`."""
+"""Command line: `python -m cleanup sweep [--dry-run]`, `python -m cleanup batches [--state S]`,
+`python -m cleanup retry BATCH`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 
-from cleanup.admin import batch_summaries
+from cleanup.admin import BadRequest, batch_summaries, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, get_settings
 from launcher.__main__ import configure_logging
@@ -22,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("batches", help="list batches newest first")
     p_list.add_argument("--state", choices=[s.value for s in State])
     p_list.add_argument("--limit", type=int, default=50)
+    p_retry = sub.add_parser("retry", help="put a failed batch's inputs back into incoming/")
+    p_retry.add_argument("batch")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -36,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         if report.lease_busy:
             return 3
         return 1 if report.errors else 0
+    if args.command == "retry":
+        try:
+            restored = retry_failed(clients, args.batch)
+        except BadRequest as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(json.dumps({"batch": args.batch, "restored": restored}, indent=2))
+        return 0
     rows = batch_summaries(clients, State(args.state) if args.state else None, args.limit)
     print(json.dumps(rows, indent=2, default=str))
     return 0

@@ -13,7 +13,8 @@ from typing import Any
 
 from cleanup.sweep import sweep
 from config import ConfigError, get_settings
-from launcher.batch import State
+from launcher.batch import FileEntry, State, iso, utcnow
+from launcher.blobs import move_blob
 from launcher.clients import Clients, get_clients
 from launcher.poll import poll
 
@@ -180,3 +181,36 @@ def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[d
         if len(out) >= limit:
             break
     return out[:limit]
+
+
+def retry_failed(clients: Clients, batch_id: str) -> list[str]:
+    """Put a failed batch's inputs back into incoming/ under their original names, so the next
+    poll claims them as a new batch. The failed folder keeps its manifest (marked `retried_at`)
+    and logs for the record. Returns the names written to incoming/."""
+    s, store = clients.settings, clients.store
+    found = store.read(batch_id, s.failed_prefix)
+    if found is None:
+        raise BadRequest(f"no failed batch {batch_id!r} under {s.failed_prefix}")
+    manifest, etag = found
+    folder = store.folder(batch_id, s.failed_prefix)
+    container = clients.container
+
+    def restore(entry: FileEntry) -> str | None:
+        target = s.incoming_prefix + entry.name
+        if not move_blob(container, folder + entry.blob, target):
+            return None  # already restored by an earlier run
+        return target
+
+    results = clients.runner.map(restore, manifest.files)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise RuntimeError(
+            f"batch {batch_id}: {len(failures)} input(s) not restored: {failures[0]}"
+        )
+    restored = [r for r in results if isinstance(r, str)]
+    manifest.reason = (manifest.reason or "") + f" [retried {iso(utcnow())}]"
+    store.update(manifest, etag, s.failed_prefix)
+    logger.info(
+        "batch %s: %s input(s) put back into %s", batch_id, len(restored), s.incoming_prefix
+    )
+    return restored

@@ -1,0 +1,1 @@
+"""Local development stand-ins (Azurite runner, ACI emulator, local Functions host): dev tools only."""

@@ -1,0 +1,266 @@
+"""The launch step against the ACI emulator with the real SDK: spec, exactly once, faults, caps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from azure.storage.blob import BlobLeaseClient
+
+from launcher.aci import AciError
+from launcher.batch import Manifest, State
+from launcher.launch import build_group
+from launcher.poll import poll, recover
+from localdev.proxy import Proxy, arm_kind
+from tests.conftest import REPO_ROOT, Pipeline
+from tests.helpers import drop
+
+IDENTITY = (
+    "/subscriptions/00000000-0000-0000-0000-00000000c0de/resourceGroups/rg/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/ml-containers"
+)
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+SUBNET = (
+    "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/aci"
+)
+PRINT_ENV = (
+    '["python", "-c", "import os; print(sorted((k, len(v)) for k, v in os.environ.items() '
+    "if k.startswith(('ML_', 'MODEL', 'TOKEN', 'AZURE_CLIENT_ID'))))\"]"
+)
+
+
+def groups_by_batch(p: Pipeline) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for g in p.groups():
+        out.setdefault((g.tags or {}).get("ml-batch", "?"), []).append(str(g.name))
+    return out
+
+
+def manifests(p: Pipeline) -> dict[str, dict]:
+    out = {}
+    for blob in p.container.list_blobs(name_starts_with="processing/"):
+        if blob.name.endswith("/_batch.json"):
+            m = json.loads(p.container.download_blob(blob.name).readall())
+            out[m["batch_id"]] = m
+    return out
+
+
+def wait_terminated(p: Pipeline, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = p.get_group(name).containers[0].instance_view
+        if view and view.current_state and view.current_state.state == "Terminated":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(name)
+
+
+def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt", "incoming/b.txt"])
+    clients = pipeline.clients(
+        ACI_IMAGE="python:3.11-slim",
+        ACI_COMMAND=PRINT_ENV,
+        ACI_CPU="2",
+        ACI_MEMORY_GB="3.5",
+        ACI_GPU_SKU="V100",
+        ACI_GPU_COUNT="1",
+        ACI_ENV_MODEL="small",
+        ACI_SECURE_ENV_TOKEN="top-secret-value",
+        ACI_IDENTITY_ID=IDENTITY,
+        ACI_IDENTITY_CLIENT_ID=CLIENT_ID,
+        ACI_REGISTRY_SERVER="myregistry.azurecr.io",
+        ACI_SUBNET_ID=SUBNET,
+    )
+    report = poll(clients)
+    assert [x["launched"] for x in report.launched] == [True]
+    [batch] = manifests(pipeline).values()
+    assert batch["state"] == "launched" and batch["attempt"] == 1
+    assert groups_by_batch(pipeline) == {batch["batch_id"]: [batch["group"]]}
+    group = pipeline.get_group(batch["group"])
+    assert group.name == f"ml-{batch['batch_id']}-a1"
+    assert group.tags["managed-by"] == "model-launcher" and group.tags["ml-attempt"] == "1"
+    assert group.restart_policy == "Never" and group.os_type == "Linux"
+    assert list(group.identity.user_assigned_identities) == [IDENTITY]
+    assert [s.id for s in group.subnet_ids] == [SUBNET]
+    assert group.image_registry_credentials[0].server == "myregistry.azurecr.io"
+    container = group.containers[0]
+    res = container.resources.requests
+    assert (res.cpu, res.memory_in_gb, res.gpu.sku, res.gpu.count) == (2.0, 3.5, "V100", 1)
+    env = {e.name: e for e in container.environment_variables}
+    assert env["MODEL"].value == "small"
+    assert env["ML_BATCH_ID"].value == batch["batch_id"]
+    assert env["ML_MANIFEST"].value == f"processing/{batch['batch_id']}/_batch.json"
+    assert env["ML_OUTPUT_PREFIX"].value == f"output/{batch['batch_id']}/"
+    assert env["AZURE_CLIENT_ID"].value == CLIENT_ID
+    assert "ML_STORAGE_SAS" not in env  # identity, no SAS
+    assert env["TOKEN"].value is None and env["TOKEN"].secure_value is None  # never echoed
+    # The process saw its batch and the secure value.
+    wait_terminated(pipeline, batch["group"])
+    logs = (
+        pipeline.arm()
+        .containers.list_logs(pipeline.resource_group, batch["group"], "worker")
+        .content
+    )
+    assert f"('ML_BATCH_ID', {len(batch['batch_id'])})" in logs
+    assert "('TOKEN', 16)" in logs
+
+
+def test_without_identity_the_container_gets_a_scoped_sas_as_a_secure_value(
+    pipeline: Pipeline,
+) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(ACI_IMAGE="python:3.11-slim", ACI_COMMAND=PRINT_ENV)
+    poll(clients)
+    [batch] = manifests(pipeline).values()
+    env = {
+        e.name: e for e in pipeline.get_group(batch["group"]).containers[0].environment_variables
+    }
+    assert env["ML_STORAGE_SAS"].value is None  # secure: not echoed
+    # The SAS the launcher built: read/create/write only, never the account key.
+    from launcher.batch import Manifest
+    from launcher.launch import build_group
+
+    spec = build_group(clients, Manifest.from_bytes(json.dumps(batch).encode()), 1)
+    sas = next(
+        e.secure_value
+        for e in spec.containers[0].environment_variables
+        if e.name == "ML_STORAGE_SAS"
+    )
+    assert "sp=rcw" in sas and "sig=" in sas
+    assert clients.blob_service.credential.account_key not in json.dumps(spec.serialize())
+
+
+def test_max_active_groups_is_respected(pipeline: Pipeline) -> None:
+    drop(pipeline.container, [f"incoming/f{i}.txt" for i in range(5)])
+    clients = pipeline.clients(
+        BATCH_MAX_FILES="1",
+        MAX_ACTIVE_GROUPS="2",
+        ACI_IMAGE="python:3.11",
+        ACI_COMMAND='["python", "-c", "pass"]',
+    )
+    report = poll(clients)
+    assert report.room == 2 and len(report.claimed) == 2
+    assert len(pipeline.groups()) == 2
+    assert len(list(pipeline.container.list_blobs(name_starts_with="incoming/"))) == 3
+    report = poll(clients)  # still two groups (finished ones hold quota until deleted)
+    assert report.room == 0 and report.claimed == []
+    assert len(pipeline.groups()) == 2
+
+
+def test_quota_error_is_recorded_and_retried(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt", "incoming/b.txt"])
+    pipeline.emulator.configure(quota=0)
+    clients = pipeline.clients(
+        BATCH_MAX_FILES="1", ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]'
+    )
+    report = poll(clients)
+    assert len(report.claimed) == 2 and not any(x["launched"] for x in report.launched)
+    for m in manifests(pipeline).values():
+        assert m["state"] == "claimed"
+        assert m["last_error"]["code"] == "ContainerGroupQuotaReached"
+    assert pipeline.groups() == []
+    pipeline.emulator.configure(quota=None)
+    report = recover(clients)  # what the janitor hands back, or the next busy tick does
+    assert sum(x["launched"] for x in report.launched) == 2
+    assert {m["state"] for m in manifests(pipeline).values()} == {"launched"}
+    assert all(len(v) == 1 for v in groups_by_batch(pipeline).values())
+
+
+def test_invalid_image_and_invalid_name_are_permanent_errors(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(ACI_IMAGE="inaccessible.example/nope:1")
+    poll(clients)
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and m["last_error"]["code"] == "InaccessibleImage"
+    spec = build_group(clients, Manifest.from_bytes(json.dumps(m).encode()), 1)
+    with pytest.raises(AciError) as info:
+        clients.hook.create("Not_A_Valid--Name", spec)
+    assert info.value.status == 400 and "name" in (info.value.code + info.value.message).lower()
+
+
+def test_throttling_and_server_errors_still_launch_each_batch_exactly_once(
+    pipeline: Pipeline,
+) -> None:
+    drop(pipeline.container, [f"incoming/f{i}.txt" for i in range(8)])
+    pipeline.emulator.configure(
+        fault_429_rate=0.1, fault_5xx_rate=0.1, fault_after_commit_rate=0.1, retry_after=0.1, seed=7
+    )
+    clients = pipeline.clients(
+        BATCH_MAX_FILES="1", ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]'
+    )
+    for _ in range(5):
+        poll(clients)
+        recover(clients)
+        if all(m["state"] == "launched" for m in manifests(pipeline).values()) and not list(
+            pipeline.container.list_blobs(name_starts_with="incoming/")
+        ):
+            break
+    pipeline.emulator.configure(fault_429_rate=0, fault_5xx_rate=0, fault_after_commit_rate=0)
+    ms = manifests(pipeline)
+    assert len(ms) == 8 and {m["state"] for m in ms.values()} == {"launched"}
+    by_batch = groups_by_batch(pipeline)
+    assert sorted(by_batch) == sorted(ms) and all(len(v) == 1 for v in by_batch.values())
+    stats = pipeline.emulator.stats()
+    assert sum(stats.get("faults", {}).values()) > 0, stats
+
+
+def run_poll_killed_at(pipeline: Pipeline, kind: str, when: str) -> int:
+    """Run `python -m launcher poll` in a real subprocess whose ARM traffic goes through a
+    proxy that SIGKILLs it at the first `kind` request (before it is sent or after ARM applied it)."""
+    holder: dict[str, subprocess.Popen[bytes]] = {}
+    with Proxy(
+        pipeline.emulator.url, tls=True, upstream_ca=str(pipeline.emulator.ca), classify=arm_kind
+    ) as proxy:
+        proxy.add_trigger(kind, 1, lambda: os.kill(holder["p"].pid, signal.SIGKILL), when=when)
+        env = pipeline.subprocess_env(
+            ARM_ENDPOINT=proxy.url,
+            ARM_CA_BUNDLE=str(proxy.ca_path),
+            ACI_IMAGE="python:3.11",
+            ACI_COMMAND='["python", "-c", "pass"]',
+        )
+        holder["p"] = subprocess.Popen(
+            [sys.executable, "-m", "launcher", "poll"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return holder["p"].wait(60)
+
+
+def test_crash_between_claim_and_launch_leads_to_one_group(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    assert run_poll_killed_at(pipeline, "arm_put", "before") == -signal.SIGKILL
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and pipeline.groups() == []
+    _break_lease(pipeline)
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    recover(clients)
+    [m] = manifests(pipeline).values()
+    assert m["state"] == State.LAUNCHED.value
+    assert groups_by_batch(pipeline) == {m["batch_id"]: [m["group"]]}
+
+
+def test_crash_between_put_and_manifest_update_leads_to_one_group(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    assert run_poll_killed_at(pipeline, "arm_put", "after") == -signal.SIGKILL
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed"
+    assert len(pipeline.groups()) == 1  # ARM applied the PUT before the crash
+    _break_lease(pipeline)
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    report = recover(clients)
+    assert [x["adopted"] for x in report.launched] == [True]
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "launched"
+    assert groups_by_batch(pipeline) == {m["batch_id"]: [m["group"]]}
+
+
+def _break_lease(p: Pipeline) -> None:
+    """A crashed tick's lease expires after LEASE_SECONDS; break it to skip the wait."""
+    BlobLeaseClient(p.container.get_blob_client("locks/poll")).break_lease(0)
