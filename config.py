@@ -406,7 +406,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 f"{STORAGE_CONNECTION_STRING} has neither AccountName nor BlobEndpoint"
             )
     if account_url is not None and urlparse(account_url).scheme not in ("http", "https"):
-        r.problems.append(f"{STORAGE_ACCOUNT_URL}={account_url!r} must be an http(s) URL")
+        r.problems.append(
+            f"{STORAGE_ACCOUNT_URL} must be an http(s) URL (value not shown: it may hold a SAS)"
+        )
 
     container = r.required(
         WATCH_CONTAINER, "the blob container to watch", SEED_CONTAINER_NAME
