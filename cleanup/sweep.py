@@ -126,8 +126,10 @@ def _events_reason(group: ContainerGroup) -> str | None:
     for container in group.containers or []:
         events += (container.instance_view.events if container.instance_view else None) or []
     events += (group.instance_view.events if group.instance_view else None) or []
-    messages = [f"{e.name or e.type}: {e.message}" for e in events if e.message]
-    return messages[-1] if messages else None
+    # ACI follows a "Failed" event (the cause, e.g. the pull error) with "BackOff" retries.
+    failed = [e for e in events if e.message and (e.name or "").lower() == "failed"]
+    chosen = failed or [e for e in events if e.message]
+    return f"{chosen[-1].name or chosen[-1].type}: {chosen[-1].message}" if chosen else None
 
 
 class Sweep:
