@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cleanup.sweep import sweep
+from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
 from launcher.batch import FileEntry, State, iso, utcnow
 from launcher.blobs import move_blob
 from launcher.clients import Clients, get_clients
-from launcher.poll import poll
+from launcher.poll import TickReport, poll
 
 logger = logging.getLogger(__name__)
 
@@ -74,36 +74,25 @@ def _guard(fn: Callable[[Mapping[str, str]], Reply]) -> Callable[[Mapping[str, s
     return wrapper
 
 
+def _report_or_busy(report: SweepReport | TickReport, error: str, what: str) -> Reply:
+    if report.lease_busy:
+        return Reply(409, {"error": error, "message": f"{what} holds the lease; try again shortly"})
+    return Reply(200, report.to_dict())
+
+
 @_guard
 def run_janitor(params: Mapping[str, str]) -> Reply:
     """Run a sweep now; `dryRun=true` reports what it would do and changes nothing."""
     _only(params, ("dryRun",))
     report = sweep(_clients(), dry_run=_flag(params, "dryRun"))
-    if report.lease_busy:
-        return Reply(
-            409,
-            {
-                "error": "SweepInProgress",
-                "message": "another janitor sweep holds the lease; try again shortly",
-            },
-        )
-    return Reply(200, report.to_dict())
+    return _report_or_busy(report, "SweepInProgress", "another janitor sweep")
 
 
 @_guard
 def run_poll(params: Mapping[str, str]) -> Reply:
     """Run a poll tick now."""
     _only(params, ())
-    report = poll(_clients())
-    if report.lease_busy:
-        return Reply(
-            409,
-            {
-                "error": "PollInProgress",
-                "message": "another poll tick holds the lease; try again shortly",
-            },
-        )
-    return Reply(200, report.to_dict())
+    return _report_or_busy(poll(_clients()), "PollInProgress", "another poll tick")
 
 
 @_guard

@@ -20,6 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from azure.mgmt.containerinstance.models import (
     Container,
@@ -86,31 +87,27 @@ def _storage_access(
     permission = ContainerSasPermissions(read=True, create=True, write=True)
     cred = clients.blob_service.credential
     account_key = getattr(cred, "account_key", None)
+    signing: dict[str, Any]
     if account_key:
-        sas = generate_container_sas(
-            clients.blob_service.account_name or settings.account_name,
-            settings.watch_container,
-            account_key=account_key,
-            permission=permission,
-            start=start,
-            expiry=expiry,
-        )
+        signing = {"account_key": account_key}
     elif clients.credential is not None:
-        key = clients.blob_service.get_user_delegation_key(start, expiry)
-        sas = generate_container_sas(
-            clients.blob_service.account_name or settings.account_name,
-            settings.watch_container,
-            user_delegation_key=key,
-            permission=permission,
-            start=start,
-            expiry=expiry,
-        )
+        signing = {
+            "user_delegation_key": clients.blob_service.get_user_delegation_key(start, expiry)
+        }
     else:
         raise LaunchError(
             "NoStorageAccessForContainer",
             "storage is reached with a SAS connection string: set ACI_IDENTITY_ID so containers "
             "use their own identity, or use an account key / managed identity for the app",
         )
+    sas = generate_container_sas(
+        clients.blob_service.account_name or settings.account_name,
+        settings.watch_container,
+        permission=permission,
+        start=start,
+        expiry=expiry,
+        **signing,
+    )
     return plain, [EnvironmentVariable(name="ML_STORAGE_SAS", secure_value=sas)]
 
 
