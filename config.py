@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -234,6 +235,8 @@ class _Reader:
             return default
         try:
             parsed = parse(value)
+            if isinstance(parsed, float) and not math.isfinite(parsed):
+                raise ValueError(value)  # float() accepts nan, which passes every bound check
         except ValueError:
             kind = "an integer" if parse is int else "a number"
             self.problems.append(f"{name}={value!r} is not {kind}")

@@ -124,6 +124,11 @@ def test_env_and_secure_env_are_collected_and_secrets_hidden_from_repr() -> None
         ({"BATCH_READY_MARKER": "a/b"}, "BATCH_READY_MARKER"),
         ({"KEEP_FAILED_GROUPS": "maybe"}, "KEEP_FAILED_GROUPS"),
         ({"ARM_CA_BUNDLE": "/nonexistent/ca.pem"}, "ARM_CA_BUNDLE"),
+        # float() parses these, and NaN slips through every bound check.
+        ({"ACI_CPU": "nan"}, "ACI_CPU='nan' is not a number"),
+        ({"ACI_MEMORY_GB": "NaN"}, "ACI_MEMORY_GB"),
+        ({"JOB_TIMEOUT_MINUTES": "nan"}, "JOB_TIMEOUT_MINUTES"),
+        ({"JOB_TIMEOUT_MINUTES": "inf"}, "JOB_TIMEOUT_MINUTES"),
     ],
 )
 def test_bad_settings_are_named(extra: dict[str, str], needle: str) -> None:
