@@ -163,13 +163,17 @@ def _claim_file(
     if copied is Outcome.MISSING:
         # Normal claim: the user (or another claimer) removed it first. Recovery: our crashed
         # run may have deleted it after copying; the copy tells.
-        if recovering and _exists(clients, dest):
+        if recovering and _copied(clients, dest):
             return FileClaim.OWNED
         return FileClaim.DROPPED
     if copied is Outcome.CHANGED:
+        # Recovery: our crashed run may have copied and deleted this version before the user
+        # dropped the same name again, or the user replaced it before that delete. Storage
+        # cannot tell the two apart, so a finished copy of this version is kept: at worst a
+        # version its user replaced is processed too; none is ever lost.
+        if recovering and _copied(clients, dest):
+            return FileClaim.OWNED
         logger.info("file %s changed during claim: left for the next tick", entry.source)
-        if recovering:
-            delete_quietly(container, dest)
         return FileClaim.DROPPED
     deleted = delete_if_unchanged(container, entry.source, entry.etag)
     if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE):
@@ -180,12 +184,13 @@ def _claim_file(
     return FileClaim.DROPPED
 
 
-def _exists(clients: Clients, name: str) -> bool:
+def _copied(clients: Clients, name: str) -> bool:
+    """True if `name` holds a complete copy (a pending or failed copy is not one)."""
     try:
-        clients.container.get_blob_client(name).get_blob_properties()
-        return True
+        props = clients.container.get_blob_client(name).get_blob_properties()
     except ResourceNotFoundError:
         return False
+    return props.copy.status in (None, "success")
 
 
 @dataclass

@@ -229,7 +229,8 @@ def test_lost_lease_stops_claiming_more(azurite: Azurite, container: ContainerCl
 
 
 @pytest.mark.parametrize(
-    "stage", ["nothing", "copied", "copied-and-deleted", "overwritten", "user-deleted"]
+    "stage",
+    ["nothing", "copied", "copied-and-deleted", "dropped-again", "overwritten", "user-deleted"],
 )
 def test_recovery_of_a_crashed_claim(
     azurite: Azurite, container: ContainerClient, stage: str
@@ -246,11 +247,14 @@ def test_recovery_of_a_crashed_claim(
     m = Manifest(batch_id=batch, state=State.CLAIMING, created=now, updated=now, files=files)
     clients.store.create(m)
     a = container.get_blob_client("incoming/a.txt")
-    if stage in ("copied", "copied-and-deleted", "overwritten"):
+    if stage in ("copied", "copied-and-deleted", "dropped-again", "overwritten"):
         container.get_blob_client(f"processing/{batch}/a.txt").start_copy_from_url(a.url)
-    if stage == "copied-and-deleted":
+    if stage in ("copied-and-deleted", "dropped-again"):
         a.delete_blob()
-    if stage == "overwritten":
+    if stage in ("dropped-again", "overwritten"):
+        # The user dropped the name again after the crashed delete, or replaced it before that
+        # delete: recovery cannot tell which, so it keeps the copy of v1 (never loses it) and
+        # v2 waits in incoming/ for the next tick.
         a.upload_blob(b"v2", overwrite=True)
     if stage == "user-deleted":
         a.delete_blob()
@@ -264,11 +268,15 @@ def test_recovery_of_a_crashed_claim(
         "nothing": ["incoming/a.txt", "incoming/b.txt"],
         "copied": ["incoming/a.txt", "incoming/b.txt"],
         "copied-and-deleted": ["incoming/a.txt", "incoming/b.txt"],
-        "overwritten": ["incoming/b.txt"],
+        "dropped-again": ["incoming/a.txt", "incoming/b.txt"],
+        "overwritten": ["incoming/a.txt", "incoming/b.txt"],
         "user-deleted": ["incoming/b.txt"],
     }[stage]
     assert in_batch == expected_batch
-    assert in_incoming == (["incoming/a.txt"] if stage == "overwritten" else [])
+    assert in_incoming == (["incoming/a.txt"] if stage in ("dropped-again", "overwritten") else [])
+    if stage in ("dropped-again", "overwritten"):
+        assert container.download_blob(f"processing/{batch}/a.txt").readall() == b"v1"
+        assert container.download_blob("incoming/a.txt").readall() == b"v2"
     listed = sorted(all_names(container, f"processing/{batch}/"))
     assert listed == sorted(
         [f"processing/{batch}/{MANIFEST_NAME}"]
