@@ -55,6 +55,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, HttpResponseError) and exc.status_code in _TRANSIENT_STATUS
 
 
+def is_refusal(exc: BaseException) -> bool:
+    """A 4xx that the helpers here do not turn into an Outcome: the service refused the request
+    and applied nothing (archive tier, somebody else's lease, no permission). Retrying does not
+    help until somebody changes the blob or the permissions."""
+    status = exc.status_code if isinstance(exc, HttpResponseError) else None
+    return status is not None and 400 <= status < 500 and status not in (404, 408, 429)
+
+
+def _lease_conflict(exc: HttpResponseError) -> bool:
+    """412 LeaseIdMissing & co: the blob is leased by somebody else (not an etag mismatch)."""
+    return "lease" in str(getattr(exc, "error_code", None) or "").lower()
+
+
 def _backoff(attempt: int) -> None:
     time.sleep(min(0.2 * 2**attempt, 5.0))
 
@@ -101,13 +114,20 @@ def copy_blob(container: ContainerClient, source: str, etag: str, dest: str) -> 
 def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Outcome:
     """Delete `name` only if it still has `etag`; the success of this call is what makes a
     claimed file ours. Retried by hand so a 404 that follows a lost response is reported as
-    AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING."""
+    AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING.
+
+    Snapshots of the blob go with it: storage refuses to delete a blob that has snapshots
+    (409 SnapshotsPresent), which would leave such a file unclaimable forever. A blob leased by
+    somebody else raises (see `is_refusal`) instead of reading as CHANGED."""
     blob = container.get_blob_client(name)
     uncertain = False
     for attempt in range(HAND_RETRIES):
         try:
             blob.delete_blob(
-                etag=etag, match_condition=MatchConditions.IfNotModified, retry_total=0
+                etag=etag,
+                match_condition=MatchConditions.IfNotModified,
+                delete_snapshots="include",
+                retry_total=0,
             )
             return Outcome.DONE
         except ResourceModifiedError:
@@ -115,7 +135,7 @@ def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Out
         except ResourceNotFoundError:
             return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.MISSING
         except HttpResponseError as exc:
-            if exc.status_code == 412:
+            if exc.status_code == 412 and not _lease_conflict(exc):
                 return Outcome.CHANGED
             if not is_transient(exc) or attempt == HAND_RETRIES - 1:
                 raise

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties
 
 from config import Settings
@@ -37,7 +37,14 @@ from launcher.batch import (
     safe_relative_blob,
     utcnow,
 )
-from launcher.blobs import LeaseLock, Outcome, copy_blob, delete_if_unchanged, delete_quietly
+from launcher.blobs import (
+    LeaseLock,
+    Outcome,
+    copy_blob,
+    delete_if_unchanged,
+    delete_quietly,
+    is_refusal,
+)
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
@@ -159,7 +166,16 @@ def _claim_file(
     container = clients.container
     if lease is not None and lease.lost:
         return FileClaim.SKIPPED
-    copied = copy_blob(container, entry.source, entry.etag, dest)
+    try:
+        copied = copy_blob(container, entry.source, entry.etag, dest)
+    except HttpResponseError as exc:
+        if not is_refusal(exc):
+            raise
+        # Recovery: a finished copy of a version that is no longer the one in incoming/ is
+        # kept, as for CHANGED below; one of the version still there is not ours.
+        if recovering and _copied(clients, dest) and not _unchanged(clients, entry):
+            return FileClaim.OWNED
+        return _refused(clients, entry, dest if recovering else None, exc)
     if copied is Outcome.MISSING:
         # Normal claim: the user (or another claimer) removed it first. Recovery: our crashed
         # run may have deleted it after copying; the copy tells.
@@ -175,13 +191,43 @@ def _claim_file(
             return FileClaim.OWNED
         logger.info("file %s changed during claim: left for the next tick", entry.source)
         return FileClaim.DROPPED
-    deleted = delete_if_unchanged(container, entry.source, entry.etag)
+    try:
+        deleted = delete_if_unchanged(container, entry.source, entry.etag)
+    except HttpResponseError as exc:
+        if not is_refusal(exc):
+            raise
+        return _refused(clients, entry, dest, exc)
     if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE):
         return FileClaim.OWNED
     # Overwritten after our copy (stays in incoming) or deleted by somebody else: not ours.
     logger.info("file %s %s before its delete: dropped", entry.source, deleted.value)
     delete_quietly(container, dest)
     return FileClaim.DROPPED
+
+
+def _refused(
+    clients: Clients, entry: FileEntry, copy: str | None, exc: HttpResponseError
+) -> FileClaim:
+    """Storage refused to copy or delete the file (archive tier, a lease held by somebody else,
+    no permission): it stays in incoming/ untouched and the batch goes on without it, instead
+    of the whole batch waiting in `claiming` for a file that cannot move."""
+    code = getattr(exc, "error_code", None) or exc.status_code
+    code = getattr(code, "value", code)
+    logger.warning(
+        "file %s cannot be claimed: storage refused (%s); left in incoming", entry.source, code
+    )
+    if copy is not None:
+        delete_quietly(clients.container, copy)
+    return FileClaim.DROPPED
+
+
+def _unchanged(clients: Clients, entry: FileEntry) -> bool:
+    """True if the source still is the version the manifest lists."""
+    try:
+        props = clients.container.get_blob_client(entry.source).get_blob_properties()
+    except ResourceNotFoundError:
+        return False
+    return str(props.etag) == entry.etag
 
 
 def _copied(clients: Clients, name: str) -> bool:

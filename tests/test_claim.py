@@ -73,6 +73,38 @@ def test_every_file_lands_in_exactly_one_batch(
     assert entry.size == len(f"content of {entry.source}") and entry.etag
 
 
+@pytest.mark.parametrize("trouble", ["snapshots", "leased", "archived"])
+def test_a_file_storage_will_not_move_never_blocks_its_batch(
+    azurite: Azurite, container: ContainerClient, trouble: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file with snapshots is claimed (they go with it); one that storage refuses to copy or
+    delete (archive tier, somebody else's lease) stays in incoming/ with a log line naming it,
+    and the rest of its batch is claimed instead of the batch waiting in `claiming` forever."""
+    drop(container, ["incoming/a.txt", "incoming/b.txt"], b"v1")
+    blob = container.get_blob_client("incoming/b.txt")
+    if trouble == "snapshots":
+        blob.create_snapshot()
+        blob.upload_blob(b"v2", overwrite=True)
+    elif trouble == "leased":
+        BlobLeaseClient(blob).acquire(-1)
+    else:
+        blob.set_standard_blob_tier("Archive")
+    [manifest] = claim_all(clients_for(azurite, container))
+    assert manifest.state is State.CLAIMED
+    if trouble == "snapshots":
+        assert sorted(f.source for f in manifest.files) == ["incoming/a.txt", "incoming/b.txt"]
+        assert container.download_blob(f"processing/{manifest.batch_id}/b.txt").readall() == b"v2"
+        assert all_names(container, "incoming/") == []
+    else:
+        assert [f.source for f in manifest.files] == ["incoming/a.txt"]
+        assert all_names(container, "incoming/") == ["incoming/b.txt"]
+        assert sorted(all_names(container, "processing/")) == [
+            f"processing/{manifest.batch_id}/{MANIFEST_NAME}",
+            f"processing/{manifest.batch_id}/a.txt",
+        ]
+        assert "incoming/b.txt cannot be claimed: storage refused" in caplog.text
+
+
 def test_idle_tick_makes_exactly_one_storage_request(
     azurite: Azurite, container: ContainerClient
 ) -> None:
