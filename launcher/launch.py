@@ -3,7 +3,9 @@
 Exactly once rests on three things: the group name is a pure function of (batch id, attempt),
 so a retried or recovered launch finds its own group and adopts it instead of creating another;
 only the holder of the poll lease launches; and the manifest moves claimed -> launched with an
-etag-conditional write after the PUT was accepted. Launches never wait on the SDK's LRO poller.
+etag-conditional write after the PUT was accepted. A launcher that lost its lease while its PUT
+was in flight cannot restart a group its successor created: both build the same spec from the
+same manifest version (see `build_group`). Launches never wait on the SDK's LRO poller.
 
 How the container reaches storage (never with the account key):
 - with ACI_IDENTITY_ID: its user-assigned managed identity (AZURE_CLIENT_ID is set for it);
@@ -19,7 +21,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.mgmt.containerinstance.models import (
@@ -48,12 +50,22 @@ from launcher.aci import (
     AciError,
     source_tag,
 )
-from launcher.batch import MANIFEST_NAME, Attempt, Manifest, ManifestConflict, State, iso, utcnow
+from launcher.batch import (
+    MANIFEST_NAME,
+    Attempt,
+    Manifest,
+    ManifestConflict,
+    State,
+    iso,
+    parse_iso,
+    utcnow,
+)
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
 
 CONTAINER_NAME = "worker"
+SPEC_FRESH_SECONDS = 120  # a manifest version older than this is rewritten before a launch
 _GROUP_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9]|-(?!-))*[a-z0-9]$")
 
 
@@ -73,17 +85,17 @@ def group_name(settings: Settings, batch_id: str, attempt: int) -> str:
 
 
 def _storage_access(
-    clients: Clients, expiry_minutes: float
+    clients: Clients, issued: datetime, expiry_minutes: float
 ) -> tuple[list[EnvironmentVariable], list[EnvironmentVariable]]:
-    """Environment (plain, secure) that lets the container reach storage."""
+    """Environment (plain, secure) that lets the container reach storage; a SAS is valid from
+    5 minutes before `issued` until `expiry_minutes` after it."""
     settings = clients.settings
     url = clients.blob_service.url.rstrip("/")
     plain = [EnvironmentVariable(name="ML_STORAGE_ACCOUNT_URL", value=url)]
     if settings.identity_id:
         plain.append(EnvironmentVariable(name="AZURE_CLIENT_ID", value=settings.identity_client_id))
         return plain, []
-    now = utcnow()
-    start, expiry = now - timedelta(minutes=5), now + timedelta(minutes=expiry_minutes)
+    start, expiry = issued - timedelta(minutes=5), issued + timedelta(minutes=expiry_minutes)
     permission = ContainerSasPermissions(read=True, create=True, write=True)
     cred = clients.blob_service.credential
     account_key = getattr(cred, "account_key", None)
@@ -112,7 +124,14 @@ def _storage_access(
 
 
 def build_group(clients: Clients, manifest: Manifest, attempt: int) -> ContainerGroup:
-    """The full container group spec for one attempt of one batch."""
+    """The full container group spec for one attempt of one batch.
+
+    Everything but the creation tag derives from the settings and from this version of the
+    manifest (its `updated` time dates the SAS), so two launchers that build the spec of one
+    attempt from the same manifest send the same PUT: if a launcher that lost the poll lease
+    while its PUT was in flight is overtaken by the new lease holder, ARM treats the late PUT as
+    a no-op instead of redeploying (restarting) the group. Tags never cause a redeploy. (A user
+    delegation SAS, for identity-based storage access, is only as repeatable as its key.)"""
     s = clients.settings
     store = clients.store
     folder = store.folder(manifest.batch_id)
@@ -126,7 +145,8 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
             name="ML_OUTPUT_PREFIX", value=f"{s.output_prefix}{manifest.batch_id}/"
         ),
     ]
-    storage_plain, storage_secure = _storage_access(clients, s.job_timeout_minutes + 30)
+    issued = parse_iso(manifest.updated) or utcnow()
+    storage_plain, storage_secure = _storage_access(clients, issued, s.job_timeout_minutes + 30)
     env += storage_plain
     env += [EnvironmentVariable(name=k, value=v) for k, v in s.env]
     env += storage_secure
@@ -204,6 +224,11 @@ def launch_batch(
         if adopted:
             logger.info("batch %s: adopting existing group %s", manifest.batch_id, name)
         else:
+            issued = parse_iso(manifest.updated)
+            if issued is None or now - issued > timedelta(seconds=SPEC_FRESH_SECONDS):
+                # The spec (SAS validity) is dated from this manifest version: refresh it first
+                # when the batch waited long in `claimed`, e.g. for room to launch.
+                etag = clients.store.update(manifest, etag)
             clients.hook.create(name, build_group(clients, manifest, attempt))
             logger.info("batch %s: created group %s (attempt %s)", manifest.batch_id, name, attempt)
     except (AciError, LaunchError) as exc:

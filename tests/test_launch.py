@@ -264,3 +264,55 @@ def test_crash_between_put_and_manifest_update_leads_to_one_group(pipeline: Pipe
 def _break_lease(p: Pipeline) -> None:
     """A crashed tick's lease expires after LEASE_SECONDS; break it to skip the wait."""
     BlobLeaseClient(p.container.get_blob_client("locks/poll")).break_lease(0)
+
+
+def _sas_of(spec: object) -> str:
+    env = spec.containers[0].environment_variables  # type: ignore[attr-defined]
+    return next(e.secure_value for e in env if e.name == "ML_STORAGE_SAS")
+
+
+def test_the_spec_of_an_attempt_does_not_depend_on_when_it_is_built(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher that lost the poll lease while its PUT was in flight, and the new holder that
+    launched the same attempt meanwhile, send the same spec: ARM then takes the late PUT as a
+    no-op instead of redeploying (restarting) the group. Only the tags may differ."""
+    import launcher.launch as launch_module
+    from launcher.batch import iso, new_batch_id, utcnow
+
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    now = iso(utcnow()) or ""
+    m = Manifest(batch_id=new_batch_id(), state=State.CLAIMED, created=now, updated=now)
+    first = build_group(clients, m, 1)
+    later = utcnow() + launch_module.timedelta(minutes=7)
+    monkeypatch.setattr(launch_module, "utcnow", lambda: later)
+    second = build_group(clients, m, 1)
+    first.tags = second.tags = None
+    assert first.serialize() == second.serialize()
+    assert _sas_of(first) == _sas_of(second)
+
+
+def test_a_batch_that_waited_in_claimed_is_refreshed_before_its_launch(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SAS is dated from the manifest version; one that waited (e.g. for room) is rewritten
+    first, so the container never gets a SAS that expires early."""
+    from datetime import timedelta
+
+    from launcher.batch import ManifestStore, iso, new_batch_id, parse_iso, utcnow
+    from launcher.launch import launch_batch
+
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    old = iso(utcnow() - timedelta(hours=3)) or ""
+    m = Manifest(batch_id=new_batch_id(), state=State.CLAIMED, created=old, updated=old)
+    store: ManifestStore = clients.store
+    etag = store.create(m)
+    m.updated = old  # as read back from a batch that waited three hours
+    sent = []
+    monkeypatch.setattr(clients.hook, "create", lambda name, group: sent.append(group))
+    result = launch_batch(clients, m, etag, set())
+    assert result.launched and len(sent) == 1
+    start = parse_iso(
+        dict(p.split("=", 1) for p in _sas_of(sent[0]).split("&"))["st"].replace("%3A", ":")
+    )
+    assert start is not None and start > utcnow() - timedelta(minutes=10)
