@@ -114,7 +114,10 @@ def copy_blob(container: ContainerClient, source: str, etag: str, dest: str) -> 
 def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Outcome:
     """Delete `name` only if it still has `etag`; the success of this call is what makes a
     claimed file ours. Retried by hand so a 404 that follows a lost response is reported as
-    AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING.
+    AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING; so is a 412 then,
+    because a blob that is gone fails If-Match with 412 on some services (Azurite does), and
+    even a changed blob may have been re-dropped after our delete: keeping the copy never
+    loses a file, dropping it could.
 
     Snapshots of the blob go with it: storage refuses to delete a blob that has snapshots
     (409 SnapshotsPresent), which would leave such a file unclaimable forever. A blob leased by
@@ -131,12 +134,12 @@ def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Out
             )
             return Outcome.DONE
         except ResourceModifiedError:
-            return Outcome.CHANGED
+            return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.CHANGED
         except ResourceNotFoundError:
             return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.MISSING
         except HttpResponseError as exc:
             if exc.status_code == 412 and not _lease_conflict(exc):
-                return Outcome.CHANGED
+                return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.CHANGED
             if not is_transient(exc) or attempt == HAND_RETRIES - 1:
                 raise
             # A 5xx may still have been applied by the service; a throttled request was not.

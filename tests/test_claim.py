@@ -105,6 +105,24 @@ def test_a_file_storage_will_not_move_never_blocks_its_batch(
         assert "incoming/b.txt cannot be claimed: storage refused" in caplog.text
 
 
+def test_a_delete_whose_answer_was_lost_still_makes_the_file_ours(
+    azurite: Azurite, container: ContainerClient
+) -> None:
+    """The conditional delete was applied but its response lost: the retry finds the blob gone
+    (Azurite answers 412 to If-Match on a missing blob, not 404). The file is ours: it must be
+    claimed, not dropped along with its only copy."""
+    from localdev.proxy import Proxy
+
+    drop(container, ["incoming/a.txt"], b"v1")
+    with Proxy(f"http://127.0.0.1:{azurite.port}") as proxy:
+        proxy.add_trigger("delete", 1, lambda: None, when="after", then="drop")
+        settings = make_settings(proxy.blob_connection_string(), container.container_name)
+        [manifest] = claim_all(build_clients(settings))
+    assert [f.source for f in manifest.files] == ["incoming/a.txt"]
+    assert container.download_blob(f"processing/{manifest.batch_id}/a.txt").readall() == b"v1"
+    assert all_names(container, "incoming/") == []
+
+
 def test_idle_tick_makes_exactly_one_storage_request(
     azurite: Azurite, container: ContainerClient
 ) -> None:
