@@ -1,0 +1,942 @@
+"""Benchmark: cheap when idle, fast when busy, measured against the one-by-one baseline.
+
+    .venv/bin/python scripts/bench.py [--tiny] [--json FILE] [--delay-ms 20] [--strict]
+
+Runs the app's public entry points (`config.load_settings`, `launcher.clients.build_clients`,
+`launcher.poll.poll`, `cleanup.sweep.sweep`) against Azurite and the local ACI emulator, each
+behind its own loopback counting proxy (`python -m localdev.proxy`) that adds a fixed delay per
+request (default 20 ms, standing in for a cloud round trip) and counts requests by kind.
+
+How it measures, and why:
+- The proxies, and every measured tick or sweep, run as processes of their own: in one process
+  they would share the GIL with the SDK's I/O threads and distort the speed figures, and a tick
+  alone in its process has a peak memory that is the tick's own.
+- Peak memory is the worker's VmHWM from /proc, not `getrusage().ru_maxrss`: on Linux the
+  latter carries the parent's peak over fork/exec, so a child started by a big orchestrator
+  would report the orchestrator's memory.
+- Every measured run starts with a fresh, empty Azurite (same port, behind the same proxy).
+  Azurite's Delete Blob costs CPU in proportion to the blobs it stores (its in-memory index is
+  an array: ~1 ms at 1,000 blobs, ~28 ms at 10,000), so left-overs of one scenario would slow
+  the next, and a 10,000-file tick is slowed by the emulator, not by the app. That is why the
+  scale row compares the two ticks at the SAME store size (the smaller tick runs next to
+  ballast blobs in another container); the JSON keeps Azurite's CPU time for every run.
+- Figures compared with each other are measured in the same run through the same proxies and
+  are reported as ratios; speeds are medians of --rounds runs. No absolute timing is asserted.
+- The CPU seconds of the worker, Azurite, the emulator and both proxies are recorded per run
+  (JSON `raw`), with the load average: on a shared or small machine the emulator, not the app,
+  is often the limit, and these numbers show which.
+
+Rows (each with its figure, its target and whether it is met):
+  1. idle poll tick: storage requests (= 1) and ARM requests (= 0);
+  2. idle sweep: ARM requests (= 1) and storage requests (<= 1);
+  3. claiming N files in one tick: storage requests per file (<= 2 + 50/N: one copy and one
+     delete per file, plus at most 50 per tick for list pages, manifests, lease, recovery list);
+  4. claim speed: files/s of this project (a whole tick: list, lease, manifests, launches), of
+     the seed system's one-by-one loop (copy, then delete, each file in turn) and of a raw
+     concurrent copy-and-delete loop as wide as IO_CONCURRENCY (the ceiling);
+     targets: >= 10x the baseline, >= 0.8 of the ceiling;
+  5. scale: 10x the files waiting, all claimed in one tick, the tick process's peak memory
+     < 200 MB, the poll lease held throughout (sampled from outside while the tick runs, and
+     the tick's own `lease_lost` false) and tick time growing at most linearly (+ --tolerance);
+  6. launch: ARM requests per launched batch (<= 2) and the time from the tick's listing of a
+     10-file drop to ARM accepting the group's PUT (< 1 s: never the SDK's 30 s LRO poll);
+  7. sweep of G finished groups: wall time, ARM requests per finished group (<= 4), storage
+     requests per finished batch (<= 2 per blob moved + 7) and how many requests were in
+     flight on average (concurrent, bounded by SWEEP_CONCURRENCY).
+
+`--tiny` (50 / 200 files, 10 groups) runs in under a minute; tests/test_bench.py runs it and
+checks the count-based rows. The batches of row 7 are set up with the app's own claim and launch
+functions directly against the emulators (no proxy, not measured), because ACI's create rate
+(MAX_CREATES_PER_5_MIN <= 100) would otherwise take several ticks five minutes apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+import requests  # noqa: E402
+from azure.core import MatchConditions  # noqa: E402
+from azure.core.exceptions import ResourceNotFoundError  # noqa: E402
+from azure.core.pipeline import PipelineRequest, PipelineResponse  # noqa: E402
+from azure.core.pipeline.policies import SansIOHTTPPolicy  # noqa: E402
+from azure.core.pipeline.transport import RequestsTransport  # noqa: E402
+from azure.storage.blob import BlobServiceClient, ContainerClient  # noqa: E402
+
+SUBSCRIPTION = "00000000-0000-0000-0000-0000000be4c4"
+RESULT_MARK = "BENCH-RESULT "
+PAYLOAD = b"model-launcher benchmark input\n" * 32  # ~1 KB per file: request counts, not bytes
+SECTIONS = "idle,claim,scale,launch,sweep"
+
+# Targets (see the module docstring).
+CLAIM_FIXED_ALLOWANCE = 50  # storage requests per claiming tick beyond one copy + one delete
+SPEEDUP_TARGET = 10.0
+CEILING_TARGET = 0.8
+PEAK_RSS_TARGET_MB = 200.0
+LAUNCH_ARM_TARGET = 2.0
+LAUNCH_LATENCY_TARGET_S = 1.0
+SWEEP_ARM_TARGET = 4.0
+SWEEP_STORAGE_FIXED = 7  # read, logs, record, list, final manifest, delete manifest + 1 overhead
+SWEEP_FILES_PER_BATCH = 5
+LAUNCH_FILES = 10
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table: a figure, its target, and whether the target is met.
+
+    `counted` marks figures that are request counts (deterministic, asserted by the tests);
+    the others are timings or memory, reported but never asserted anywhere. `met` is None for
+    figures shown only to explain others."""
+
+    key: str
+    section: str
+    metric: str
+    value: float | int | str
+    unit: str
+    target: str
+    met: bool | None
+    counted: bool
+
+
+@dataclass
+class Config:
+    tiny: bool
+    delay_ms: float
+    claim_files: int
+    scale_files: int
+    sweep_groups: int
+    batch_max_files: int
+    tolerance: float
+    rounds: int
+    io_concurrency: int = 0
+    sweep_concurrency: int = 0
+    cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers shared by the orchestrator and the worker
+# ------------------------------------------------------------------------------------------------
+
+
+def _control(url: str, path: str, ca: str | None, body: Any = None) -> Any:
+    """Call a proxy's /_proxy/ control endpoint (never counted or delayed by the proxy)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{url}/_proxy/{path}",
+        data=data,
+        method="POST" if data is not None else "GET",
+        headers={"Content-Type": "application/json"},
+    )
+    context = ssl.create_default_context(cafile=ca) if url.startswith("https") else None
+    with urllib.request.urlopen(request, context=context, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def _counts(url: str, ca: str | None) -> dict[str, int]:
+    return dict(_control(url, "counts", ca)["counts"])
+
+
+def _transport(pool: int) -> RequestsTransport:
+    """A transport whose connection pool fits `pool` threads (requests defaults to 10)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return RequestsTransport(session=session, session_owner=True)
+
+
+class Marks(SansIOHTTPPolicy):
+    """Records when the first response of each kind of request arrived (monotonic clock).
+
+    Passed to `build_clients` as an extra per-retry policy, so it sees exactly the requests
+    the app sends; used to time "listing returned" -> "ARM accepted the PUT"."""
+
+    def __init__(self, flavor: str) -> None:
+        self.flavor = flavor
+        self.first: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def on_response(self, request: PipelineRequest, response: PipelineResponse) -> None:
+        http = request.http_request
+        kind = f"{self.flavor}:{http.method}"
+        if "comp=list" in http.url:
+            kind += ":list"
+        now = time.monotonic()
+        with self._lock:
+            self.first.setdefault(kind, now)
+
+
+# ------------------------------------------------------------------------------------------------
+# The worker: one measured operation in a process of its own
+# ------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident set size in KiB (see the module docstring for why VmHWM)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak // 1024) if sys.platform == "darwin" else int(peak)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _baseline(container: ContainerClient, incoming: str, dest: str) -> int:
+    """The seed system's claim: list, then for each blob a copy and then a delete, in turn."""
+    moved = 0
+    for blob in container.list_blobs(name_starts_with=incoming):
+        src = container.get_blob_client(blob.name)
+        dst = container.get_blob_client(dest + blob.name[len(incoming) :])
+        status = dst.start_copy_from_url(src.url).get("copy_status")
+        while status == "pending":  # never on Azurite; a pending copy must finish first
+            time.sleep(0.05)
+            status = dst.get_blob_properties().copy.status
+        container.delete_blob(blob.name)
+        moved += 1
+    return moved
+
+
+def _ceiling(container: ContainerClient, incoming: str, dest: str, workers: int) -> int:
+    """The ceiling: the same conditional copy and conditional delete per file, on a pool as wide
+    as IO_CONCURRENCY, with none of the app's bookkeeping (no lease, manifest or launch)."""
+    blobs = list(container.list_blobs(name_starts_with=incoming))
+
+    def one(name: str, etag: str) -> None:
+        src = container.get_blob_client(name)
+        dst = container.get_blob_client(dest + name[len(incoming) :])
+        dst.start_copy_from_url(
+            src.url, source_etag=etag, source_match_condition=MatchConditions.IfNotModified
+        )
+        container.delete_blob(name, etag=etag, match_condition=MatchConditions.IfNotModified)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for fut in [pool.submit(one, b.name, str(b.etag)) for b in blobs]:
+            fut.result()
+    return len(blobs)
+
+
+def worker(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one operation (`op`: poll | sweep | baseline | ceiling) and measure it.
+
+    Clients are built before the counters are reset, so the counts are the operation's alone;
+    this process resets the proxies itself, right before the operation starts."""
+    from cleanup.sweep import sweep
+    from config import load_settings
+    from launcher.clients import build_clients
+    from launcher.poll import poll
+
+    settings = load_settings(spec["env"])
+    storage_marks, arm_marks = Marks("storage"), Marks("arm")
+    clients = build_clients(settings, [storage_marks], [arm_marks])
+    storage_url, arm_url, arm_ca = spec["storage_proxy"], spec["arm_proxy"], spec["arm_ca"]
+    rss_before = _peak_rss_kb()
+    _control(storage_url, "reset", None, {})
+    _control(arm_url, "reset", arm_ca, {})
+    op = spec["op"]
+    report: dict[str, Any] | None = None
+    files = 0
+    cpu_start = _cpu_seconds()
+    wall_start = time.time()
+    started = time.monotonic()
+    if op == "poll":
+        report = poll(clients).to_dict()
+        files = sum(int(c["files"]) for c in report["claimed"])
+    elif op == "sweep":
+        report = sweep(clients).to_dict()
+    elif op == "baseline":
+        files = _baseline(clients.container, settings.incoming_prefix, spec["dest"])
+    elif op == "ceiling":
+        files = _ceiling(
+            clients.container, settings.incoming_prefix, spec["dest"], settings.io_concurrency
+        )
+    else:
+        raise ValueError(f"unknown op {op!r}")
+    seconds = time.monotonic() - started
+    wall_end = time.time()
+    cpu = _cpu_seconds() - cpu_start
+    counts = {"storage": _counts(storage_url, None), "arm": _counts(arm_url, arm_ca)}
+    marks = {k: v - started for k, v in (storage_marks.first | arm_marks.first).items()}
+    return {
+        "op": op,
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "files": files,
+        "counts": counts,
+        "report": report,
+        "marks": marks,
+        "rss_before_kb": rss_before,
+        "peak_rss_kb": _peak_rss_kb(),
+        "wall_start": wall_start,
+        "wall_end": wall_end,
+    }
+
+
+def worker_main() -> int:
+    spec = json.loads(sys.stdin.read())
+    print(RESULT_MARK + json.dumps(worker(spec)), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# The orchestrator: emulators, proxies, scenarios
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProxyProcess:
+    url: str
+    ca: str | None
+    process: subprocess.Popen[str]
+
+
+@contextlib.contextmanager
+def run_proxy(
+    upstream: str, delay_ms: float, log: Path, tls: bool = False, upstream_ca: str | None = None
+) -> Iterator[ProxyProcess]:
+    """`python -m localdev.proxy` as a process of its own (its own GIL), until the context ends."""
+    argv = [sys.executable, "-m", "localdev.proxy", "--upstream", upstream]
+    argv += ["--delay-ms", str(delay_ms)]
+    if tls:
+        argv += ["--tls", "--classify", "arm"]
+    if upstream_ca:
+        argv += ["--upstream-ca", upstream_ca]
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    want = 2 if tls else 1
+    try:
+        stdout = proc.stdout
+        assert stdout is not None
+        lines: list[str] = []
+        # Text-mode stdout reads ahead, so select() cannot tell when a second line waits:
+        # read the lines (URL, then CA path with --tls) on a helper thread with a deadline.
+        reader = threading.Thread(
+            target=lambda: lines.extend(stdout.readline().strip() for _ in range(want)),
+            daemon=True,
+        )
+        reader.start()
+        reader.join(30)
+        if len(lines) < want or not all(lines):
+            raise RuntimeError(f"proxy did not start (log {log})")
+        yield ProxyProcess(lines[0], lines[1] if tls else None, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def median_by(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The result whose `key` is the median (the lower one for an even count)."""
+    ordered = sorted(results, key=lambda r: float(r[key]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+class Bench:
+    """Owns Azurite, the emulator and the proxies for one run and runs the scenarios."""
+
+    def __init__(self, cfg: Config, workdir: Path, emulator: Any, profile: Path | None) -> None:
+        from localdev.azurite import free_port
+
+        self.cfg = cfg
+        self.workdir = workdir
+        self.emulator = emulator
+        self.profile = profile
+        self.azurite_port = free_port()
+        self._azurite_stack = contextlib.ExitStack()
+        self.azurite: Any = None
+        self.service: BlobServiceClient | None = None
+        self.storage: ProxyProcess | None = None
+        self.arm: ProxyProcess | None = None
+        self.rows: list[Row] = []
+        self.raw: dict[str, Any] = {}
+        self.fresh_azurite()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def fresh_azurite(self) -> None:
+        """Replace Azurite with a new, empty one on the same port (the storage proxy's upstream):
+        every measured run starts from an empty store (see the module docstring)."""
+        from localdev.azurite import connection_string, run_azurite
+
+        self._azurite_stack.close()
+        self._azurite_stack = contextlib.ExitStack()
+        self.azurite = self._azurite_stack.enter_context(run_azurite(port=self.azurite_port))
+        self.service = BlobServiceClient.from_connection_string(
+            connection_string(self.azurite_port), transport=_transport(64)
+        )
+
+    def close(self) -> None:
+        self._azurite_stack.close()
+
+    def env(
+        self, container: str, overrides: Mapping[str, str] = {}, via_proxy: bool = True
+    ) -> dict[str, str]:
+        """App settings for one scenario: its own container and resource group."""
+        from localdev.azurite import connection_string
+
+        if via_proxy:
+            assert self.storage is not None and self.arm is not None and self.arm.ca
+            port = int(self.storage.url.rsplit(":", 1)[1])
+            conn, arm_url, arm_ca = connection_string(port), self.arm.url, self.arm.ca
+        else:
+            conn = connection_string(self.azurite_port)
+            arm_url, arm_ca = self.emulator.url, str(self.emulator.ca)
+        env = {
+            "STORAGE_CONNECTION_STRING": conn,
+            "WATCH_CONTAINER": container,
+            "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
+            "ACI_RESOURCE_GROUP": "rg-" + container,
+            "ACI_LOCATION": "local",
+            "ARM_ENDPOINT": arm_url,
+            "ARM_CA_BUNDLE": arm_ca,
+            "ARM_AUTH": "emulator",
+            "ACI_IMAGE": "python:3.11",
+            "ACI_COMMAND": '["python","-c","pass"]',
+            "BATCH_SETTLE_SECONDS": "0",
+        }
+        env.update(overrides)
+        return env
+
+    def claim_overrides(self) -> dict[str, str]:
+        """Caps that let the scale drop be claimed in one tick, the same for every claiming run
+        so the small and the large tick differ only in the number of files. Batches hold half
+        the claim run's files (500 of 1,000: the default BATCH_MAX_FILES), so the claim run is
+        two batches and the scale run twenty."""
+        return {
+            "BATCH_MAX_FILES": str(self.cfg.batch_max_files),
+            "MAX_BATCHES_PER_TICK": "100",
+            "MAX_ACTIVE_GROUPS": "100",
+            "MAX_CREATES_PER_5_MIN": "100",
+            "LEASE_SECONDS": "15",  # the shortest allowed: a long tick spans several renewals
+        }
+
+    def new_container(self, label: str) -> ContainerClient:
+        assert self.service is not None
+        return self.service.create_container(f"bench-{label}-{uuid.uuid4().hex[:8]}")
+
+    def seed(self, container: ContainerClient, count: int, prefix: str = "incoming/") -> None:
+        """Upload `count` small files directly to Azurite (not through the proxy: not measured)."""
+        names = [f"{prefix}drop/f{i:06d}.dat" for i in range(count)]
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(lambda n: container.upload_blob(n, PAYLOAD, overwrite=True), names))
+
+    def helper_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by Azurite, the emulator and the proxies."""
+        pids = {"azurite": int(self.azurite.process.pid), "emulator": int(self.emulator.pid)}
+        if self.storage is not None:
+            pids["storage_proxy"] = self.storage.process.pid
+        if self.arm is not None:
+            pids["arm_proxy"] = self.arm.process.pid
+        out: dict[str, float] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                out[name] = times.user + times.system
+        return out
+
+    def run_worker(
+        self,
+        op: str,
+        env: dict[str, str],
+        during: Callable[[subprocess.Popen[str]], Any] | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Run one measured operation in a fresh process; `during` runs here meanwhile."""
+        assert self.storage is not None and self.arm is not None
+        spec = {
+            "op": op,
+            "env": env,
+            "storage_proxy": self.storage.url,
+            "arm_proxy": self.arm.url,
+            "arm_ca": self.arm.ca,
+            **extra,
+        }
+        log = self.workdir / f"worker-{op}.log"
+        argv = [sys.executable, str(Path(__file__).resolve()), "_worker"]
+        if self.profile is not None:
+            self.profile.mkdir(parents=True, exist_ok=True)
+            out_file = self.profile / f"{time.strftime('%H%M%S')}-{op}.speedscope.json"
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            argv = [
+                spy,
+                "record",
+                "--gil",
+                "--nonblocking",
+                "--format",
+                "speedscope",
+                "-o",
+                str(out_file),
+            ]
+            argv += ["--", sys.executable, str(Path(__file__).resolve()), "_worker"]
+        cpu_before = self.helper_cpu()
+        with open(log, "ab") as err:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            )
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(spec))
+            proc.stdin.close()
+            if during is not None:
+                during(proc)
+            out = proc.stdout.read()
+            proc.wait()
+        cpu_after = self.helper_cpu()
+        if proc.returncode != 0:
+            tail = log.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"worker {op} failed ({proc.returncode}):\n{tail}")
+        found = [line for line in out.splitlines() if line.startswith(RESULT_MARK)]
+        if not found:
+            raise RuntimeError(f"worker {op} printed no result:\n{out[-2000:]}")
+        result: dict[str, Any] = json.loads(found[-1][len(RESULT_MARK) :])
+        result["helper_cpu_seconds"] = {
+            k: round(cpu_after[k] - cpu_before.get(k, 0.0), 3) for k in cpu_after
+        }
+        result["loadavg"] = os.getloadavg()[0]
+        cpu = " ".join(f"{k} {v:.1f}" for k, v in result["helper_cpu_seconds"].items())
+        print(
+            f"    [{op}: {result['seconds']:.2f} s; CPU s: worker {result['cpu_seconds']:.1f} "
+            f"{cpu}; load {result['loadavg']:.1f}]",
+            flush=True,
+        )
+        return result
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        met = "" if row.met is None else (" met" if row.met else " MISSED")
+        print(f"  {row.metric}: {fmt(row.value)} {row.unit} (target {row.target}){met}", flush=True)
+
+    # -- 1 and 2: idle -----------------------------------------------------------------------------
+
+    def idle(self) -> None:
+        print("1-2. idle poll tick and idle sweep")
+        self.fresh_azurite()
+        env = self.env(self.new_container("idle").container_name)
+        res = self.run_worker("poll", env)
+        assert res["report"]["idle"], res["report"]
+        self.raw["idle_poll"] = res
+        storage, arm = res["counts"]["storage"]["total"], res["counts"]["arm"]["total"]
+        self.add(Row("idle_poll_storage", "1", "Idle poll tick: storage requests", storage, "", "= 1", storage == 1, True))  # fmt: skip
+        self.add(Row("idle_poll_arm", "1", "Idle poll tick: ARM requests", arm, "", "= 0", arm == 0, True))  # fmt: skip
+        res = self.run_worker("sweep", env)
+        assert res["report"]["idle"], res["report"]
+        self.raw["idle_sweep"] = res
+        storage, arm = res["counts"]["storage"]["total"], res["counts"]["arm"]["total"]
+        self.add(Row("idle_sweep_arm", "2", "Idle sweep: ARM requests", arm, "", "= 1", arm == 1, True))  # fmt: skip
+        self.add(Row("idle_sweep_storage", "2", "Idle sweep: storage requests", storage, "", "<= 1", storage <= 1, True))  # fmt: skip
+
+    # -- 3 and 4: claiming -------------------------------------------------------------------------
+
+    def claim_tick(
+        self, files: int, ballast: int = 0, sample_lease: bool = False
+    ) -> dict[str, Any]:
+        """Claim `files` files with one poll tick in a worker process, on a fresh Azurite that
+        also holds `ballast` unrelated blobs (so that its per-request cost matches a larger
+        drop's); with `sample_lease`, watch the poll lock blob's lease from here (directly, not
+        through the proxy) while the tick runs."""
+        self.fresh_azurite()
+        container = self.new_container("claim")
+        self.seed(container, files)
+        if ballast:
+            # After the files, as in a large drop: Azurite keeps blobs in one array in insertion
+            # order, and deleting near its front (what a claim does) shifts everything after.
+            self.seed(self.new_container("ballast"), ballast, prefix="ballast/")
+        lock = container.get_blob_client("locks/poll")
+        samples: list[tuple[float, str]] = []
+
+        def watch(proc: subprocess.Popen[str]) -> None:
+            while proc.poll() is None:
+                try:
+                    lease = lock.get_blob_properties().lease
+                    state = f"{lease.state}/{lease.status}"
+                except ResourceNotFoundError:
+                    state = "absent"
+                samples.append((time.time(), state))
+                time.sleep(0.1)
+
+        env = self.env(container.container_name, self.claim_overrides())
+        res = self.run_worker("poll", env, during=watch if sample_lease else None)
+        res["left_in_incoming"] = sum(1 for _ in container.list_blobs(name_starts_with="incoming/"))
+        res["lease_samples"] = samples
+        res["ballast"] = ballast
+        return res
+
+    def raw_loop(self, op: str, files: int) -> dict[str, Any]:
+        """The baseline or the ceiling on `files` files, on a fresh Azurite."""
+        self.fresh_azurite()
+        container = self.new_container(op)
+        self.seed(container, files)
+        res = self.run_worker(op, self.env(container.container_name), dest=f"processing/{op}/")
+        assert res["files"] == files, res
+        return res
+
+    def claim(self) -> None:
+        cfg = self.cfg
+        n = cfg.claim_files
+        print(f"3-4. claiming {n} files: this project, the raw concurrent loop, the baseline")
+        projects, ceilings = [], []
+        for _ in range(cfg.rounds):
+            projects.append(self.claim_tick(n))
+            ceilings.append(self.raw_loop("ceiling", n))
+        baseline = self.raw_loop("baseline", n)
+        for p in projects:
+            assert p["files"] == n and p["left_in_incoming"] == 0, p["report"]
+        project, ceiling = median_by(projects, "seconds"), median_by(ceilings, "seconds")
+        self.raw.update(claim=project, ceiling=ceiling, baseline=baseline)
+        self.raw["claim_rounds"] = {
+            "project_seconds": [round(p["seconds"], 3) for p in projects],
+            "ceiling_seconds": [round(c["seconds"], 3) for c in ceilings],
+        }
+        storage = max(p["counts"]["storage"]["total"] for p in projects)
+        per_file = storage / n
+        limit = 2 + CLAIM_FIXED_ALLOWANCE / n
+        self.add(Row("claim_storage_per_file", "3", f"Claim {n:,} files in one tick: storage requests per file", round(per_file, 4), "", f"<= {limit:.3f} (2 + {CLAIM_FIXED_ALLOWANCE}/{n})", per_file <= limit + 1e-9, True))  # fmt: skip
+        rate, base_rate = n / project["seconds"], n / baseline["seconds"]
+        ceil_rate = n / ceiling["seconds"]
+        speedup, of_ceiling = rate / base_rate, rate / ceil_rate
+        at = f"at {cfg.delay_ms:g} ms/request"
+        rounds = f"median of {cfg.rounds}" if cfg.rounds > 1 else "1 run"
+        self.add(Row("claim_rate_project", "4", f"Claim speed {at}: this project, whole tick ({rounds})", round(rate, 1), "files/s", "-", None, False))  # fmt: skip
+        self.add(Row("claim_rate_baseline", "4", f"Claim speed {at}: one-by-one baseline", round(base_rate, 1), "files/s", "-", None, False))  # fmt: skip
+        self.add(Row("claim_rate_ceiling", "4", f"Claim speed {at}: raw concurrent loop, {cfg.io_concurrency} wide ({rounds})", round(ceil_rate, 1), "files/s", "-", None, False))  # fmt: skip
+        self.add(Row("claim_speedup", "4", "Claim speed: project / one-by-one baseline", round(speedup, 2), "x", f">= {SPEEDUP_TARGET:g}x", speedup >= SPEEDUP_TARGET, False))  # fmt: skip
+        self.add(Row("claim_of_ceiling", "4", "Claim speed: project / raw concurrent loop", round(of_ceiling, 2), "", f">= {CEILING_TARGET:g}", of_ceiling >= CEILING_TARGET, False))  # fmt: skip
+        busy = project["helper_cpu_seconds"].get("azurite", 0.0) / project["seconds"]
+        self.add(Row("claim_azurite_busy", "4", "Azurite (single-threaded) busy during the project's tick", round(100 * busy), "% of a core", "- (near 100: the emulator is the limit)", None, False))  # fmt: skip
+
+    # -- 5: scale --------------------------------------------------------------------------------
+
+    def scale(self) -> None:
+        cfg = self.cfg
+        n, n0 = cfg.scale_files, cfg.claim_files
+        print(f"5. scale: {n0:,} then {n:,} files waiting, one tick each, same store size")
+        small = self.claim_tick(n0, ballast=n - n0)
+        big = self.claim_tick(n, sample_lease=True)
+        self.raw.update(scale_small=small, scale=big)
+        report = big["report"]
+        claimed = big["files"]
+        one_tick = claimed == n and big["left_in_incoming"] == 0
+        self.add(Row("scale_all_claimed", "5", f"{n:,} files waiting: claimed in one tick", claimed, "files", f"= {n:,}, none left", one_tick, True))  # fmt: skip
+        peak = big["peak_rss_kb"] / 1024
+        self.add(Row("scale_peak_rss_mb", "5", f"{n:,}-file tick: peak memory (VmHWM) of the tick process", round(peak, 1), "MB", f"< {PEAK_RSS_TARGET_MB:g} MB", peak < PEAK_RSS_TARGET_MB, False))  # fmt: skip
+        held, detail = lease_held(big["lease_samples"], big["wall_start"], big["wall_end"])
+        held = held and not report["lease_lost"] and not report["lease_busy"]
+        big["lease"] = detail
+        renewals = big["counts"]["storage"].get("lease:renew", 0)
+        self.add(Row("scale_lease_held", "5", f"{n:,}-file tick: poll lease held throughout ({detail['leased']} samples, {renewals} renewals), lease_lost false", "yes" if held else "no", "", "yes", held, False))  # fmt: skip
+        t0, t1 = small["seconds"], big["seconds"]
+        ratio, limit = t1 / t0, (n / n0) * (1 + cfg.tolerance)
+        self.add(Row("scale_tick_seconds_small", "5", f"Tick time, {n0:,} files (+{n - n0:,} ballast blobs)", round(t0, 2), "s", "-", None, False))  # fmt: skip
+        self.add(Row("scale_tick_seconds_large", "5", f"Tick time, {n:,} files", round(t1, 2), "s", "-", None, False))  # fmt: skip
+        self.add(Row("scale_time_ratio", "5", f"Tick time growth, {n0:,} -> {n:,} files", round(ratio, 2), "x", f"<= {limit:.1f}x (linear +{cfg.tolerance:.0%})", ratio <= limit, False))  # fmt: skip
+        cpu_ratio = big["cpu_seconds"] / small["cpu_seconds"]
+        self.add(Row("scale_cpu_ratio", "5", f"Tick process CPU time growth, {n0:,} -> {n:,} files (the app's own work)", round(cpu_ratio, 2), "x", "- (linear: ~10x)", None, False))  # fmt: skip
+        if "claim" in self.raw:
+            empty = self.raw["claim"]["seconds"]
+            self.add(Row("scale_tick_seconds_empty", "5", f"For comparison: tick time, {n0:,} files, empty store (row 4)", round(empty, 2), "s", "- (Azurite's Delete Blob is O(blobs stored))", None, False))  # fmt: skip
+
+    # -- 6: launch -------------------------------------------------------------------------------
+
+    def launch(self) -> None:
+        print(f"6. launch: a {LAUNCH_FILES}-file drop")
+        self.fresh_azurite()
+        container = self.new_container("launch")
+        self.seed(container, LAUNCH_FILES)
+        res = self.run_worker("poll", self.env(container.container_name))
+        self.raw["launch"] = res
+        report = res["report"]
+        launched = sum(1 for x in report["launched"] if x["launched"])
+        assert launched >= 1, report
+        arm = res["counts"]["arm"]["total"]
+        per_batch = arm / launched
+        latency = res["marks"]["arm:PUT"] - res["marks"]["storage:GET:list"]
+        self.add(Row("launch_arm_per_batch", "6", "Launch: ARM requests per launched batch", round(per_batch, 2), "", f"<= {LAUNCH_ARM_TARGET:g}", per_batch <= LAUNCH_ARM_TARGET, True))  # fmt: skip
+        self.add(Row("launch_latency_s", "6", f"Launch: listing finds {LAUNCH_FILES} files -> PUT accepted, at {self.cfg.delay_ms:g} ms/request", round(latency, 3), "s", f"< {LAUNCH_LATENCY_TARGET_S:g} s", latency < LAUNCH_LATENCY_TARGET_S, False))  # fmt: skip
+
+    # -- 7: sweep --------------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        from cleanup.sweep import SWEEP_CONCURRENCY
+
+        groups = self.cfg.sweep_groups
+        print(f"7. sweep of {groups} finished groups (set up directly, not measured)")
+        self.fresh_azurite()
+        container = self.new_container("sweep")
+        self.seed(container, groups * SWEEP_FILES_PER_BATCH)
+        name = container.container_name
+        direct = self.env(name, self.claim_overrides(), via_proxy=False)
+        direct["BATCH_MAX_FILES"] = str(SWEEP_FILES_PER_BATCH)
+        launched = setup_launched(direct, groups)
+        assert launched == groups, launched
+        wait_terminated(self.emulator, "rg-" + name, groups)
+        res = self.run_worker("sweep", self.env(name, self.claim_overrides()))
+        self.raw["sweep"] = res
+        report = res["report"]
+        finished = len(report["finished"]) + len(report["failed"])
+        assert finished == groups, report
+        arm, storage = res["counts"]["arm"]["total"], res["counts"]["storage"]["total"]
+        seconds = res["seconds"]
+        arm_per, storage_per = arm / finished, storage / finished
+        moved = SWEEP_FILES_PER_BATCH + 1  # the inputs and the attempt's log
+        storage_limit = 2 * moved + SWEEP_STORAGE_FIXED
+        in_flight = (arm + storage) * self.cfg.delay_ms / 1000 / seconds
+        self.add(Row("sweep_wall_s", "7", f"Sweep of {groups} finished groups: wall time", round(seconds, 2), "s", "-", None, False))  # fmt: skip
+        self.add(Row("sweep_arm_per_group", "7", "Sweep: ARM requests per finished group", round(arm_per, 3), "", f"<= {SWEEP_ARM_TARGET:g}", arm_per <= SWEEP_ARM_TARGET, True))  # fmt: skip
+        self.add(Row("sweep_storage_per_batch", "7", f"Sweep: storage requests per finished batch ({moved} blobs moved)", round(storage_per, 3), "", f"<= {storage_limit} (2/blob + {SWEEP_STORAGE_FIXED})", storage_per <= storage_limit, True))  # fmt: skip
+        self.add(Row("sweep_in_flight", "7", f"Sweep: requests in flight on average (SWEEP_CONCURRENCY={SWEEP_CONCURRENCY})", round(in_flight, 1), "", f">= {SWEEP_CONCURRENCY / 2:g} (concurrent)", in_flight >= SWEEP_CONCURRENCY / 2, False))  # fmt: skip
+
+
+def lease_held(
+    samples: list[tuple[float, str]], start: float, end: float, margin: float = 1.0
+) -> tuple[bool, dict[str, int]]:
+    """Was the poll lease held from the first sample that saw it until the tick ended?
+
+    Samples taken after the first `leased` one and more than `margin` seconds before the tick
+    returned must all be `leased/locked` (the tick releases the lease in its last moments)."""
+    inside = [(t, s) for t, s in samples if start <= t <= end - margin]
+    first = next((i for i, (_, s) in enumerate(inside) if s == "leased/locked"), None)
+    if first is None:
+        return False, {"samples": len(inside), "leased": 0, "gaps": 0}
+    after = inside[first:]
+    gaps = sum(1 for _, s in after if s != "leased/locked")
+    detail = {"samples": len(inside), "leased": len(after) - gaps, "gaps": gaps}
+    return gaps == 0, detail
+
+
+def setup_launched(env: dict[str, str], groups: int) -> int:
+    """Claim `groups` batches and launch one group each with the app's own claim and launch
+    functions, directly against Azurite and the emulator (no proxy, not measured)."""
+    from config import load_settings
+    from launcher.batch import utcnow
+    from launcher.blobs import LeaseLock
+    from launcher.claim import Plan, claim, plan_batches, scan
+    from launcher.clients import build_clients
+    from launcher.launch import launch_batch
+
+    settings = load_settings(env)
+    clients = build_clients(settings)
+    listing = list(
+        clients.container.list_blobs(
+            name_starts_with=settings.incoming_prefix, include=["metadata"]
+        )
+    )
+    plans = plan_batches(settings, scan(settings, listing, utcnow()).claimable, groups)
+    lease = LeaseLock(clients.container, settings.poll_lock_blob, settings.lease_seconds)
+    assert lease.try_acquire()
+    with lease:
+
+        def one(plan: Plan) -> bool:
+            result = claim(clients, plan, lease)
+            assert result.manifest is not None and result.etag is not None
+            return launch_batch(clients, result.manifest, result.etag, set()).launched
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return sum(1 for ok in pool.map(one, plans) if ok)
+
+
+def wait_terminated(emulator: Any, rg: str, groups: int, timeout: float = 300) -> None:
+    """Wait until every group of `rg` has run its `python -c pass` to the end."""
+    needle = f"/resourcegroups/{rg}/".lower()
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [g for g in emulator.groups() if needle in g["id"].lower()]
+        done = [
+            g
+            for g in mine
+            if g["containers"] and all(c["state"] == "Terminated" for c in g["containers"])
+        ]
+        if len(mine) == groups and len(done) == groups:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(done)}/{groups} groups terminated after {timeout}s")
+        time.sleep(0.5)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table: printed, and pasted as is into the README's Performance section."""
+    lines = ["| # | figure | value | target | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        value = f"{fmt(r.value)} {r.unit}".strip()
+        met = "–" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.section} | {r.metric} | {value} | {r.target} | {met} |")
+    return "\n".join(lines)
+
+
+def slim(res: dict[str, Any]) -> dict[str, Any]:
+    """What the JSON keeps of one run: figures and counts, reports trimmed to their sizes."""
+    report = res.get("report") or {}
+    out = {
+        "seconds": round(res["seconds"], 3),
+        "cpu_seconds": round(res["cpu_seconds"], 3),
+        "helper_cpu_seconds": res["helper_cpu_seconds"],
+        "loadavg": round(res["loadavg"], 2),
+        "files": res["files"],
+        "counts": res["counts"],
+        "peak_rss_mb": round(res["peak_rss_kb"] / 1024, 1),
+        "rss_before_mb": round(res["rss_before_kb"] / 1024, 1),
+        "marks": {k: round(v, 4) for k, v in res["marks"].items()},
+        "report": {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()},
+    }
+    return out | {k: res[k] for k in ("left_in_incoming", "lease", "ballast") if k in res}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench.py",
+        description="Benchmark the app against Azurite and the ACI emulator behind counting, "
+        "delaying proxies (see the module docstring).",
+    )
+    p.add_argument("--tiny", action="store_true", help="50 / 200 files, 10 groups (< 60 s)")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument("--delay-ms", type=float, default=20.0, help="added per request by the proxies")
+    p.add_argument("--files", type=int, help="files of the claim runs (default 1,000; tiny 50)")
+    p.add_argument("--scale-files", type=int, help="files of the scale run (default 10x; tiny 4x)")
+    p.add_argument("--groups", type=int, help="finished groups to sweep (default 200; tiny 10)")
+    p.add_argument("--rounds", type=int, help="runs of project and ceiling (default 3; tiny 1)")
+    p.add_argument("--tolerance", type=float, default=0.2, help="allowed excess over linear")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any target is missed")
+    p.add_argument("--only", default=SECTIONS, help=f"sections to run (default {SECTIONS})")
+    p.add_argument("--profile", type=Path, help="record every worker with py-spy into this folder")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["_worker"]:
+        return worker_main()
+    args = parse_args(argv)
+    from cleanup.sweep import SWEEP_CONCURRENCY
+    from config import load_settings
+    from localdev.aci_emulator.testing import start_emulator
+
+    claim_files = args.files or (50 if args.tiny else 1000)
+    scale_files = args.scale_files or claim_files * (4 if args.tiny else 10)
+    cfg = Config(
+        tiny=args.tiny,
+        delay_ms=args.delay_ms,
+        claim_files=claim_files,
+        scale_files=scale_files,
+        sweep_groups=args.groups or (10 if args.tiny else 200),
+        batch_max_files=max(1, claim_files // 2),
+        tolerance=args.tolerance,
+        rounds=max(1, args.rounds or (1 if args.tiny else 3)),
+        sweep_concurrency=SWEEP_CONCURRENCY,
+    )
+    only = set(args.only.split(","))
+    started = time.monotonic()
+    load_start = os.getloadavg()[0]
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ml-bench-")))
+        emulator = stack.enter_context(start_emulator(workdir / "aci"))
+        bench = Bench(cfg, workdir, emulator, args.profile)
+        stack.callback(bench.close)
+        bench.storage = stack.enter_context(
+            run_proxy(
+                f"http://127.0.0.1:{bench.azurite_port}",
+                cfg.delay_ms,
+                workdir / "proxy-storage.log",
+            )
+        )
+        bench.arm = stack.enter_context(
+            run_proxy(emulator.url, cfg.delay_ms, workdir / "proxy-arm.log", True, str(emulator.ca))
+        )
+        cfg.io_concurrency = load_settings(bench.env("probe")).io_concurrency
+        print(
+            f"benchmark: {cfg.delay_ms:g} ms per request; claim {cfg.claim_files:,} files "
+            f"({cfg.rounds} round(s)), scale {cfg.scale_files:,}, sweep {cfg.sweep_groups} "
+            f"groups; IO_CONCURRENCY {cfg.io_concurrency}; {cfg.cpu_count} CPU(s), load "
+            f"{load_start:.1f}",
+            flush=True,
+        )
+        for section, run in (
+            ("idle", bench.idle),
+            ("claim", bench.claim),
+            ("scale", bench.scale),
+            ("launch", bench.launch),
+            ("sweep", bench.sweep),
+        ):
+            if section in only:
+                run()
+    elapsed = time.monotonic() - started
+    rows = bench.rows
+    missed = [r.key for r in rows if r.met is False]
+    print()
+    print(table(rows))
+    print(f"\nmissed: {', '.join(missed) or 'none'}; took {elapsed:.0f} s")
+    if args.json:
+        document = {
+            "config": asdict(cfg),
+            "rows": [asdict(r) for r in rows],
+            "missed": missed,
+            "elapsed_seconds": round(elapsed, 1),
+            "loadavg": {"start": load_start, "end": os.getloadavg()[0]},
+            "raw": {
+                k: (slim(v) if isinstance(v, dict) and "seconds" in v else v)
+                for k, v in bench.raw.items()
+            },
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
