@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from typing import Any, TypeVar
@@ -63,11 +63,6 @@ def is_refusal(exc: BaseException) -> bool:
     return status is not None and 400 <= status < 500 and status not in (404, 408, 429)
 
 
-def _lease_conflict(exc: HttpResponseError) -> bool:
-    """412 LeaseIdMissing & co: the blob is leased by somebody else (not an etag mismatch)."""
-    return "lease" in str(getattr(exc, "error_code", None) or "").lower()
-
-
 def _backoff(attempt: int) -> None:
     time.sleep(min(0.2 * 2**attempt, 5.0))
 
@@ -111,19 +106,32 @@ def copy_blob(container: ContainerClient, source: str, etag: str, dest: str) -> 
     return Outcome.DONE
 
 
-def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Outcome:
+def _settle_delete(status: int, code: str, uncertain: bool) -> Outcome | None:
+    """The Outcome of a conditional delete's answer; None if the answer is a refusal (see
+    `is_refusal`) or transient, which the callers handle."""
+    if 200 <= status < 300:
+        return Outcome.DONE
+    if status == 404:
+        return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.MISSING
+    if status == 412 and "lease" not in code.lower():
+        return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.CHANGED
+    return None
+
+
+def delete_if_unchanged(
+    container: ContainerClient, name: str, etag: str, uncertain: bool = False
+) -> Outcome:
     """Delete `name` only if it still has `etag`; the success of this call is what makes a
     claimed file ours. Retried by hand so a 404 that follows a lost response is reported as
     AMBIGUOUS_DONE (most likely our own earlier attempt) rather than MISSING; so is a 412 then,
     because a blob that is gone fails If-Match with 412 on some services (Azurite does), and
     even a changed blob may have been re-dropped after our delete: keeping the copy never
-    loses a file, dropping it could.
+    loses a file, dropping it could. `uncertain` says an earlier attempt may have been applied.
 
     Snapshots of the blob go with it: storage refuses to delete a blob that has snapshots
     (409 SnapshotsPresent), which would leave such a file unclaimable forever. A blob leased by
     somebody else raises (see `is_refusal`) instead of reading as CHANGED."""
     blob = container.get_blob_client(name)
-    uncertain = False
     for attempt in range(HAND_RETRIES):
         try:
             blob.delete_blob(
@@ -138,20 +146,143 @@ def delete_if_unchanged(container: ContainerClient, name: str, etag: str) -> Out
         except ResourceNotFoundError:
             return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.MISSING
         except HttpResponseError as exc:
-            if exc.status_code == 412 and not _lease_conflict(exc):
-                return Outcome.AMBIGUOUS_DONE if uncertain else Outcome.CHANGED
+            code = str(getattr(exc, "error_code", None) or "")
+            settled = _settle_delete(exc.status_code or 0, code, uncertain)
+            if settled is not None:
+                return settled
             if not is_transient(exc) or attempt == HAND_RETRIES - 1:
                 raise
-            # A 5xx may still have been applied by the service; a throttled request was not.
-            headers = getattr(exc.response, "headers", None) or {}
-            throttled = exc.status_code == 429 or headers.get(THROTTLED_HEADER) == "429"
-            uncertain = uncertain or not throttled
+            uncertain = uncertain or not _throttled(exc)
         except (ServiceRequestError, ServiceResponseError):
             if attempt == HAND_RETRIES - 1:
                 raise
             uncertain = True
         _backoff(attempt)
     raise AssertionError("unreachable")
+
+
+def _throttled(exc: HttpResponseError) -> bool:
+    """A throttled request was not applied; any other 5xx may have been."""
+    headers = getattr(exc.response, "headers", None) or {}
+    return exc.status_code == 429 or headers.get(THROTTLED_HEADER) == "429"
+
+
+class DeleteRefused(HttpResponseError):
+    """Storage refused one delete of a batch (see `is_refusal`); nothing was applied."""
+
+    def __init__(self, name: str, status: int, code: str) -> None:
+        super().__init__(message=f"delete of {name!r} refused: {status} {code}")
+        self.status_code = status
+        self.error_code = code
+
+
+# Blob Batch: at most 256 subrequests per request (a service limit).
+BATCH_DELETE_LIMIT = 256
+# Containers whose account refused Blob Batch requests (e.g. hierarchical namespace accounts,
+# where Blob Batch was not available): their deletes go one by one from then on.
+_no_batch: set[str] = set()
+
+
+def delete_many_if_unchanged(
+    container: ContainerClient, items: Sequence[tuple[str, str]]
+) -> list[Outcome | BaseException]:
+    """`delete_if_unchanged` for many (name, etag) pairs in Blob Batch requests (up to 256
+    deletes per request instead of one request each), with the same outcome per blob: each
+    subrequest carries its own If-Match, and a batch whose answer is lost or failed marks all of
+    its still-open deletes uncertain before they are retried, exactly like a single delete.
+
+    Results are in input order: an Outcome, `DeleteRefused` (a refusal), or the exception that
+    ended the retries. An account that refuses the batch request itself (a 4xx on the whole
+    batch, which applies nothing) gets single deletes instead."""
+    results: list[Outcome | BaseException | None] = [None] * len(items)
+    uncertain = [False] * len(items)
+    pending = list(range(len(items)))
+    for attempt in range(HAND_RETRIES):
+        if not pending:
+            break
+        if container.url in _no_batch:
+            break
+        last = attempt == HAND_RETRIES - 1
+        try:
+            parts = list(
+                container.delete_blobs(
+                    *[
+                        {
+                            "name": items[i][0],
+                            "etag": items[i][1],
+                            "match_condition": MatchConditions.IfNotModified,
+                            "delete_snapshots": "include",
+                        }
+                        for i in pending
+                    ],
+                    raise_on_any_failure=False,
+                    retry_total=0,
+                )
+            )
+        except HttpResponseError as exc:
+            if not is_transient(exc):
+                if exc.status_code is not None and 400 <= exc.status_code < 500:
+                    logger.warning(
+                        "storage refused a Blob Batch request (%s %s): deleting one by one",
+                        exc.status_code,
+                        getattr(exc, "error_code", None),
+                    )
+                    _no_batch.add(container.url)
+                    break
+                for i in pending:
+                    results[i] = exc
+                return _done(results)
+            if last:
+                for i in pending:
+                    results[i] = exc
+                return _done(results)
+            if not _throttled(exc):
+                for i in pending:
+                    uncertain[i] = True
+            _backoff(attempt)
+            continue
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            if last:
+                for i in pending:
+                    results[i] = exc
+                return _done(results)
+            for i in pending:
+                uncertain[i] = True
+            _backoff(attempt)
+            continue
+        if len(parts) != len(pending):
+            raise RuntimeError(f"Blob Batch answered {len(parts)} of {len(pending)} deletes")
+        retry = []
+        for i, part in zip(pending, parts, strict=True):
+            status = part.status_code
+            code = str(part.headers.get("x-ms-error-code") or "")
+            settled = _settle_delete(status, code, uncertain[i])
+            if settled is not None:
+                results[i] = settled
+            elif status in _TRANSIENT_STATUS:
+                uncertain[i] = uncertain[i] or status != 429
+                if last:  # may have been applied: the caller must not drop the copy
+                    results[i] = RuntimeError(
+                        f"delete of {items[i][0]!r} still failing after retries: {status} {code}"
+                    )
+                else:
+                    retry.append(i)
+            else:
+                results[i] = DeleteRefused(items[i][0], status, code)
+        pending = retry
+        if pending:
+            _backoff(attempt)
+    for i in pending:  # the account does not take Blob Batch requests
+        try:
+            results[i] = delete_if_unchanged(container, items[i][0], items[i][1], uncertain[i])
+        except Exception as exc:
+            results[i] = exc
+    return _done(results)
+
+
+def _done(results: list[Outcome | BaseException | None]) -> list[Outcome | BaseException]:
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
 
 
 def delete_quietly(container: ContainerClient, name: str) -> bool:
@@ -289,7 +420,13 @@ class LeaseLock:
             try:
                 self._lease.release()
             except HttpResponseError as exc:
-                logger.info("lease on %s not released: %s", self._blob_name, exc)
+                # Somebody broke or took it after the last renewal: it was lost after all.
+                logger.warning(
+                    "lease on %s was lost before its release: %s",
+                    self._blob_name,
+                    getattr(exc, "error_code", None) or exc.status_code,
+                )
+                self._lost.set()
         self._lease = None
 
     def __enter__(self) -> LeaseLock:

@@ -9,21 +9,27 @@ when the janitor hands them back (`recover`), which the janitor does on every sw
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from launcher.aci import GroupInfo
-from launcher.batch import Manifest, ManifestConflict, State, utcnow
+from launcher.batch import BatchRef, Manifest, ManifestConflict, State, utcnow
 from launcher.blobs import LeaseLock
-from launcher.claim import Scan, claim, plan_batches, resolve_claiming, scan
+from launcher.claim import Plan, Scan, claim, plan_batches, resolve_claiming, scan
 from launcher.clients import Clients
 from launcher.launch import LaunchResult, launch_batch
 
 logger = logging.getLogger(__name__)
 
 CREATE_WINDOW_SECONDS = 300
+# Batches of one tick claimed at once. Their files share the IO_CONCURRENCY pool first come,
+# first served, so the first batch still finishes first; the others' manifest writes and
+# launches overlap its copies instead of waiting behind them.
+BATCH_CONCURRENCY = 4
 
 
 @dataclass
@@ -68,15 +74,18 @@ def room_for_launches(clients: Clients, groups: list[GroupInfo]) -> int:
 
 
 class _Launcher:
-    """Launches within the room left, under the lease, recording results on the report."""
+    """Launches within the room left, under the lease, recording results on the report.
+    Safe to call from the tick's batch threads."""
 
-    def __init__(self, clients: Clients, lease: LeaseLock, report: TickReport) -> None:
+    def __init__(
+        self, clients: Clients, lease: LeaseLock, report: TickReport, groups: list[GroupInfo]
+    ) -> None:
         self.clients = clients
         self.lease = lease
         self.report = report
-        groups = clients.hook.list_groups()
         self.existing = {g.name for g in groups}
         self.room = room_for_launches(clients, groups)
+        self._lock = threading.Lock()
         report.active_groups = len(groups)
         report.room = self.room
 
@@ -91,21 +100,22 @@ class _Launcher:
             self.report.errors.append(f"batch {manifest.batch_id}: manifest changed during launch")
             logger.warning("batch %s: manifest changed during launch", manifest.batch_id)
             return None
-        if result.launched:
-            self.existing.add(result.group)
-            if not result.adopted:
-                self.room -= 1
-        self.report.launched.append(asdict(result) | {"etag": None})
-        if result.error:
-            self.report.errors.append(f"batch {result.batch_id}: {result.error['code']}")
+        with self._lock:
+            if result.launched:
+                self.existing.add(result.group)
+                if not result.adopted:
+                    self.room -= 1
+            self.report.launched.append(asdict(result) | {"etag": None})
+            if result.error:
+                self.report.errors.append(f"batch {result.batch_id}: {result.error['code']}")
         return result
 
 
-def _recover(clients: Clients, launcher: _Launcher) -> None:
+def _recover(clients: Clients, launcher: _Launcher, refs: list[BatchRef]) -> None:
     """Settle batches left `claiming` by a crashed tick and launch `claimed` ones."""
     s = clients.settings
     stuck_before = utcnow() - timedelta(seconds=s.stuck_claim_seconds)
-    for ref in sorted(clients.store.list_refs(), key=lambda r: r.batch_id):
+    for ref in sorted(refs, key=lambda r: r.batch_id):
         if launcher.lease.lost:
             launcher.report.lease_lost = True
             return
@@ -119,26 +129,87 @@ def _recover(clients: Clients, launcher: _Launcher) -> None:
             launcher.launch(found[0], found[1], confirm=True)
 
 
+class _BatchGate:
+    """Lets a tick's batch threads start claiming only while the lease is held, and says once,
+    in the log, when the tick stops: from then on no batch starts, and the batches already in
+    flight skip the files they have not copied yet (`claim` checks the lease per file)."""
+
+    def __init__(self, lease: LeaseLock, report: TickReport) -> None:
+        self.lease = lease
+        self.report = report
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._stopped = False
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.lease.lost:
+                self._stop()
+                return False
+            self._in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if self.lease.lost:
+                self._stop()
+
+    def _stop(self) -> None:
+        self.report.lease_lost = True
+        if not self._stopped:
+            self._stopped = True
+            logger.warning(
+                "poll lease lost: stopping before claiming more (%s batch(es) in flight end "
+                "with the files already copied)",
+                self._in_flight,
+            )
+
+
+def _claim_and_launch(
+    clients: Clients, gate: _BatchGate, launcher: _Launcher, plan: Plan, report: TickReport
+) -> None:
+    if not gate.enter():
+        return
+    try:
+        result = claim(clients, plan, gate.lease)
+    finally:
+        gate.leave()
+    if result.manifest is None or result.etag is None:
+        return
+    report.claimed.append(
+        {"batch": result.manifest.batch_id, "files": result.owned, "dropped": result.dropped}
+    )
+    launcher.launch(result.manifest, result.etag, confirm=False)
+
+
 def _locked_tick(
     clients: Clients, lease: LeaseLock, found: Scan | None, report: TickReport
 ) -> None:
-    launcher = _Launcher(clients, lease, report)
-    _recover(clients, launcher)
+    # The two listings the tick needs are independent: take them at once.
+    groups_future = clients.runner.submit(clients.hook.list_groups)
+    refs = clients.store.list_refs()
+    launcher = _Launcher(clients, lease, report, groups_future.result())
+    _recover(clients, launcher, refs)
     if found is None:
         return
     plans = plan_batches(clients.settings, found.claimable, launcher.room)
-    for plan in plans:
-        if lease.lost:
-            report.lease_lost = True
-            logger.warning("poll lease lost: stopping before claiming more")
-            break
-        result = claim(clients, plan, lease)
-        if result.manifest is None or result.etag is None:
-            continue
-        report.claimed.append(
-            {"batch": result.manifest.batch_id, "files": result.owned, "dropped": result.dropped}
-        )
-        launcher.launch(result.manifest, result.etag, confirm=False)
+    if not plans:
+        return
+    # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so running
+    # it there could starve that pool.
+    workers = min(len(plans), BATCH_CONCURRENCY)
+    gate = _BatchGate(lease, report)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-batch") as pool:
+        futures: list[Future[None]] = [
+            pool.submit(_claim_and_launch, clients, gate, launcher, plan, report) for plan in plans
+        ]
+        errors = [f.exception() for f in futures]
+    report.claimed.sort(key=lambda c: str(c["batch"]))
+    report.launched.sort(key=lambda x: str(x["batch_id"]))
+    for exc in errors:
+        if exc is not None:
+            raise exc
 
 
 def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> TickReport:
@@ -151,7 +222,8 @@ def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> Tic
         return report
     with lease:
         _locked_tick(clients, lease, found, report)
-        report.lease_lost = report.lease_lost or lease.lost
+    # After the release, which also finds a lease lost since the last renewal.
+    report.lease_lost = report.lease_lost or lease.lost
     return report
 
 

@@ -107,6 +107,7 @@ def storage_kind(
 
     Kinds: ``list``, ``copy`` (PUT with x-ms-copy-source), ``put_blob``, ``put_block``,
     ``put_block_list``, ``lease:<action>`` (``lease`` if no action header), ``delete`` (blob),
+    ``batch`` (a Blob Batch request: many deletes in one),
     ``delete_container``, ``get_blob``, ``get_props`` (HEAD, and GET of container properties or
     metadata), ``set_metadata``, ``create_container``, ``abort_copy``, ``other``.
     Container-level calls are recognised by ``restype=container``, not by counting path segments,
@@ -149,6 +150,8 @@ def storage_kind(
         if container_level:
             return "delete_container"
         return "delete" if comp == "" else "other"
+    if m == "POST" and comp == "batch":
+        return "batch"
     return "other"
 
 

@@ -7,6 +7,8 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from azure.core.pipeline import PipelineRequest
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
 from launcher.batch import MANIFEST_NAME, FileEntry, Manifest, State, iso, new_batch_id, utcnow
@@ -115,7 +117,7 @@ def test_a_delete_whose_answer_was_lost_still_makes_the_file_ours(
 
     drop(container, ["incoming/a.txt"], b"v1")
     with Proxy(f"http://127.0.0.1:{azurite.port}") as proxy:
-        proxy.add_trigger("delete", 1, lambda: None, when="after", then="drop")
+        proxy.add_trigger("batch", 1, lambda: None, when="after", then="drop")
         settings = make_settings(proxy.blob_connection_string(), container.container_name)
         [manifest] = claim_all(build_clients(settings))
     assert [f.source for f in manifest.files] == ["incoming/a.txt"]
@@ -149,10 +151,8 @@ def test_file_overwritten_between_copy_and_delete_stays_in_incoming(
     def overwrite() -> None:
         other.upload_blob("incoming/a.txt", b"v2-new", overwrite=True)
 
-    policy = SideEffectPolicy(
-        lambda r: r.method == "DELETE" and r.url.split("?")[0].endswith("/incoming/a.txt"),
-        overwrite,
-    )
+    # Right before the Blob Batch request that carries the conditional deletes.
+    policy = SideEffectPolicy(lambda r: r.method == "POST" and "comp=batch" in r.url, overwrite)
     clients = clients_for(azurite, container, policy)
     [manifest] = claim_all(clients)
     assert policy.fired
@@ -380,3 +380,54 @@ def test_plan_caps_by_files_and_bytes(azurite: Azurite, container: ContainerClie
     assert len(plan_batches(settings, found.claimable, 2)) == 2
     assert plan_batches(settings, found.claimable, 0) == []
     assert isinstance(plans[0], Plan)
+
+
+def test_source_deletes_travel_in_blob_batch_requests(
+    azurite: Azurite, container: ContainerClient
+) -> None:
+    """300 files: 300 copies, and their conditional deletes in two Blob Batch requests (at most
+    256 each, split evenly so both run at once), not 300 Delete Blob requests."""
+    names = [f"incoming/f{i:03d}.txt" for i in range(300)]
+    drop(container, names)
+    counter = CountingPolicy()
+    clients = clients_for(azurite, container, counter, BATCH_MAX_FILES="1000")
+    [manifest] = claim_all(clients)
+    assert sorted(f.source for f in manifest.files) == names
+    assert all_names(container, "incoming/") == []
+    assert counter.counts["copy"] == 300
+    assert counter.counts["post:batch"] == 2
+    assert counter.counts["delete"] == 0
+
+
+def test_an_account_that_refuses_blob_batch_gets_single_deletes(
+    azurite: Azurite, container: ContainerClient
+) -> None:
+    """Where the account refuses Blob Batch requests as a whole (the service applies none of
+    their deletes), the claim falls back to one conditional delete per file and still claims
+    everything. The refusal is real: Azurite rejects a batch whose signature no longer matches
+    (this test's policy changes a signed header after signing)."""
+    from launcher import blobs
+
+    class SpoilBatchSignature(SansIOHTTPPolicy):
+        def on_request(self, request: PipelineRequest) -> None:
+            http = request.http_request
+            if http.method == "POST" and "comp=batch" in http.url:
+                http.headers["x-ms-version"] = "2019-02-02"
+
+    names = [f"incoming/f{i}.txt" for i in range(5)]
+    drop(container, names)
+    counter = CountingPolicy()
+    clients = clients_for(azurite, container, SpoilBatchSignature(), counter)
+    try:
+        [manifest] = claim_all(clients)
+        assert sorted(f.source for f in manifest.files) == names
+        assert all_names(container, "incoming/") == []
+        assert counter.counts["post:batch"] == 1 and counter.counts["delete"] == 5
+        # Remembered: the next claim does not try a batch first.
+        drop(container, ["incoming/again.txt"])
+        counter.reset()
+        [second] = claim_all(clients)
+        assert [f.source for f in second.files] == ["incoming/again.txt"]
+        assert counter.counts["post:batch"] == 0 and counter.counts["delete"] == 1
+    finally:
+        blobs._no_batch.discard(container.url)

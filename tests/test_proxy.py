@@ -190,7 +190,9 @@ def echo_upstream(tmp_path: Path, tls: bool) -> Iterator[tuple[str, str | None, 
         ("GET", "/acct/c/dir/b", "", {}, "get_blob"),
         ("HEAD", "/acct/c/b", "", {}, "get_props"),
         ("GET", "/acct/c", "restype=container", {}, "get_props"),
-        ("POST", "/acct", "comp=batch", {}, "other"),
+        ("POST", "/acct/c", "restype=container&comp=batch", {}, "batch"),
+        ("POST", "/acct", "comp=batch", {}, "batch"),
+        ("POST", "/acct/c", "restype=container&comp=other", {}, "other"),
     ],
 )
 def test_storage_kind(
