@@ -194,6 +194,9 @@ def delete_many_if_unchanged(
     Results are in input order: an Outcome, `DeleteRefused` (a refusal), or the exception that
     ended the retries. An account that refuses the batch request itself (a 4xx on the whole
     batch, which applies nothing) gets single deletes instead."""
+    if len(items) > BATCH_DELETE_LIMIT:
+        head, tail = items[:BATCH_DELETE_LIMIT], items[BATCH_DELETE_LIMIT:]
+        return delete_many_if_unchanged(container, head) + delete_many_if_unchanged(container, tail)
     results: list[Outcome | BaseException | None] = [None] * len(items)
     uncertain = [False] * len(items)
     pending = list(range(len(items)))
@@ -345,6 +348,9 @@ class LeaseLost(RuntimeError):
     """The lock lease was lost (expired, broken or stolen) while work was under way."""
 
 
+MAX_RENEWALS_IN_FLIGHT = 3
+
+
 class LeaseLock:
     """A finite blob lease used as a cross-process lock, renewed in the background.
 
@@ -360,6 +366,8 @@ class LeaseLock:
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None
+        self._renewals = 0
+        self._renewals_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -394,15 +402,46 @@ class LeaseLock:
         return True
 
     def _renew_loop(self) -> None:
+        """Start a renewal every third of the lease, each on a thread of its own, whether or not
+        the previous one has answered: on overloaded storage one renewal can take seconds, and
+        waiting for it before starting the next would let the lease run out between two slow
+        ones. At most three are in flight; any that fails means the lease is lost."""
         interval = max(self._seconds / 3.0, 1.0)
         while not self._stop.wait(interval):
-            try:
-                assert self._lease is not None
-                self._lease.renew()
-            except Exception as exc:  # any failure means we can no longer prove we hold it
+            with self._renewals_lock:
+                if self._renewals >= MAX_RENEWALS_IN_FLIGHT:
+                    continue
+                self._renewals += 1
+            threading.Thread(
+                target=self._renew_once,
+                args=(interval,),
+                name=f"renew-{self._blob_name}",
+                daemon=True,
+            ).start()
+
+    def _renew_once(self, interval: float) -> None:
+        started = time.monotonic()
+        try:
+            lease = self._lease
+            if lease is None or self._stop.is_set():
+                return
+            lease.renew()
+        except Exception as exc:  # any failure means we can no longer prove we hold it
+            if not self._stop.is_set():  # not a renewal that raced the release
                 logger.warning("lease on %s lost: %s", self._blob_name, exc)
                 self._lost.set()
-                return
+            return
+        finally:
+            with self._renewals_lock:
+                self._renewals -= 1
+        took = time.monotonic() - started
+        if took > interval:
+            logger.warning(
+                "lease on %s: renewal took %.1f s of a %s s lease (storage is slow)",
+                self._blob_name,
+                took,
+                self._seconds,
+            )
 
     @property
     def lost(self) -> bool:

@@ -3,8 +3,8 @@
 1. Write the manifest `processing/<batch>/_batch.json` first (create-only), state `claiming`,
    listing each file's source name, etag and size.
 2. Server-side copy of exactly each file's etag into the batch folder (all files concurrently),
-   then delete each copied source only if its etag is unchanged (Blob Batch requests of up to 256
-   conditional deletes, concurrently). **A successful conditional delete is what makes a file
+   then delete each copied source only if its etag is unchanged (Blob Batch requests of 64
+   conditional deletes, sent as the copies land). **A successful conditional delete is what makes a file
    ours**: a file overwritten mid-claim fails the condition and stays in incoming for the next
    tick (its copy is removed and it leaves the manifest); a file somebody else deleted leaves the
    batch too.
@@ -18,12 +18,12 @@ STUCK_CLAIM_SECONDS, so a slow but live tick is never raced.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties
@@ -40,7 +40,6 @@ from launcher.batch import (
     utcnow,
 )
 from launcher.blobs import (
-    BATCH_DELETE_LIMIT,
     LeaseLock,
     Outcome,
     copy_blob,
@@ -51,7 +50,6 @@ from launcher.blobs import (
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,12 +73,26 @@ class Scan:
     unsettled: int = 0
     markers: int = 0
     waiting_folders: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # name -> why storage will not move it
 
 
 def is_folder_marker(blob: BlobProperties) -> bool:
     """Zero-byte 'directory' blobs made by tools and by hierarchical-namespace accounts."""
     meta = blob.metadata or {}
     return blob.name.endswith("/") or meta.get("hdi_isfolder", "").lower() == "true"
+
+
+def blocked_reason(blob: BlobProperties) -> str | None:
+    """Why storage would refuse to move this blob, as the listing already shows: an archived
+    (or rehydrating) blob cannot be copied, and one leased by somebody else cannot be deleted.
+    Such files are left alone instead of being tried, and failing, on every tick, which also
+    keeps a tick that finds nothing else idle (one request)."""
+    if str(blob.blob_tier or "").lower() == "archive":
+        return "archive tier"
+    lease = getattr(blob, "lease", None)
+    if lease is not None and str(lease.state or "").lower() in ("leased", "breaking"):
+        return "leased by somebody else"
+    return None
 
 
 def scan(settings: Settings, blobs: Iterable[BlobProperties], now: datetime) -> Scan:
@@ -93,6 +105,10 @@ def scan(settings: Settings, blobs: Iterable[BlobProperties], now: datetime) -> 
     for blob in blobs:
         if is_folder_marker(blob):
             result.markers += 1
+            continue
+        why = blocked_reason(blob)
+        if why is not None:
+            result.blocked[blob.name] = why
             continue
         relative = blob.name[len(prefix) :]
         cand = Candidate(blob.name, relative, str(blob.etag), int(blob.size), blob.last_modified)
@@ -260,14 +276,55 @@ class ClaimResult:
     errors: int = 0
 
 
-def _chunks(items: list[T], limit: int) -> list[list[T]]:
-    """`items` in as few chunks of at most `limit` as possible, of even size, so a batch of
-    300 deletes goes as two requests of 150 that run at once rather than 256 then 44."""
-    if not items:
-        return []
-    count = -(-len(items) // limit)
-    size = -(-len(items) // count)
-    return [items[i : i + size] for i in range(0, len(items), size)]
+# Conditional deletes per Blob Batch request. The copy task that fills a chunk sends it, so
+# deletes overlap the copies still running (sources leave incoming/ soon after their copy lands)
+# while a claim stays near one request per file (1 + 1/64).
+DELETE_CHUNK = 64
+
+
+class _DeleteStream:
+    """Deletes the sources of copied files in Blob Batch requests of DELETE_CHUNK: sent by the
+    copy task that completes a chunk (so they do not queue behind the remaining copies in the
+    pool), and the remainder by `flush` once every copy is done."""
+
+    def __init__(self, clients: Clients, manifest: Manifest, folder: str) -> None:
+        self.clients = clients
+        self.files = manifest.files
+        self.folder = folder
+        self.results: dict[int, FileClaim | BaseException] = {}
+        self._pending: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, index: int) -> None:
+        with self._lock:
+            self._pending.append(index)
+            if len(self._pending) < DELETE_CHUNK:
+                return
+            chunk, self._pending = self._pending, []
+        self._send(chunk)
+
+    def flush(self) -> None:
+        with self._lock:
+            chunk, self._pending = self._pending, []
+        if chunk:
+            self._send(chunk)
+
+    def _send(self, chunk: list[int]) -> None:
+        pairs = [(self.files[i].source, self.files[i].etag) for i in chunk]
+        outcomes: list[Outcome | BaseException]
+        try:
+            outcomes = delete_many_if_unchanged(self.clients.container, pairs)
+        except Exception as exc:  # e.g. a malformed batch answer: every delete is uncertain
+            outcomes = [exc] * len(chunk)
+        for i, deleted in zip(chunk, outcomes, strict=True):
+            entry = self.files[i]
+            result: FileClaim | BaseException
+            try:
+                result = _after_delete(self.clients, entry, self.folder + entry.blob, deleted)
+            except Exception as exc:
+                result = exc
+            with self._lock:
+                self.results[i] = result
 
 
 def _settle_files(
@@ -276,35 +333,23 @@ def _settle_files(
     lease: LeaseLock | None,
     recovering: bool,
 ) -> tuple[list[FileEntry], int, int, int]:
-    """Copy every file concurrently, then delete the copied sources with Blob Batch requests
-    (up to 256 conditional deletes per request, the requests concurrent): about one request
-    per file instead of two."""
+    """Copy every file concurrently; delete the copied sources in Blob Batch requests as the
+    copies land (see `_DeleteStream`): about one request per file instead of two."""
     folder = clients.store.folder(manifest.batch_id)
-    container = clients.container
+    deletes = _DeleteStream(clients, manifest, folder)
 
-    def copy(entry: FileEntry) -> FileClaim | None:
-        return _copy_file(clients, entry, folder + entry.blob, lease, recovering)
+    def copy(index: int) -> FileClaim | None:
+        entry = manifest.files[index]
+        result = _copy_file(clients, entry, folder + entry.blob, lease, recovering)
+        if result is None:
+            deletes.add(index)
+        return result
 
-    copied = clients.runner.map(copy, manifest.files)
-    final: list[FileClaim | BaseException | None] = list(copied)
-    to_delete = [i for i, res in enumerate(copied) if res is None]
-
-    def delete(chunk: list[int]) -> list[Outcome | BaseException]:
-        pairs = [(manifest.files[i].source, manifest.files[i].etag) for i in chunk]
-        return delete_many_if_unchanged(container, pairs)
-
-    chunks = _chunks(to_delete, BATCH_DELETE_LIMIT)
-    for chunk, outcomes in zip(chunks, clients.runner.map(delete, chunks), strict=True):
-        for n, i in enumerate(chunk):
-            entry = manifest.files[i]
-            deleted = outcomes if isinstance(outcomes, BaseException) else outcomes[n]
-            try:
-                final[i] = _after_delete(clients, entry, folder + entry.blob, deleted)
-            except Exception as exc:
-                final[i] = exc
-
+    copied = clients.runner.map(copy, range(len(manifest.files)))
+    deletes.flush()
     owned, dropped, skipped, errors = [], 0, 0, 0
-    for entry, res in zip(manifest.files, final, strict=True):
+    for index, (entry, first) in enumerate(zip(manifest.files, copied, strict=True)):
+        res = deletes.results.get(index) if first is None else first
         if isinstance(res, BaseException) or res is None:
             logger.warning("batch %s: claim of %s failed: %s", manifest.batch_id, entry.source, res)
             errors += 1

@@ -44,6 +44,7 @@ class TickReport:
     unsettled: int = 0
     folder_markers: int = 0
     waiting_folders: list[str] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)
     active_groups: int | None = None
     room: int | None = None
     claimed: list[dict[str, Any]] = field(default_factory=list)
@@ -241,6 +242,15 @@ def poll(clients: Clients) -> TickReport:
     report.unsettled = found.unsettled
     report.folder_markers = found.markers
     report.waiting_folders = found.waiting_folders
+    report.blocked = found.blocked
+    if found.blocked:
+        names = sorted(found.blocked)
+        logger.warning(
+            "%s file(s) in incoming/ cannot be claimed until that changes, left in place: %s",
+            len(names),
+            "; ".join(f"{n!r} ({found.blocked[n]})" for n in names[:5])
+            + (f"; and {len(names) - 5} more" if len(names) > 5 else ""),
+        )
     if not found.claimable:
         report.idle = True
         logger.info(

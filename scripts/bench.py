@@ -337,6 +337,12 @@ def worker(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def worker_main() -> int:
+    import logging
+
+    # The app's warnings (slow lease renewals, retries given up) go to the worker's log file.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     spec = json.loads(sys.stdin.read())
     print(RESULT_MARK + json.dumps(worker(spec)), flush=True)
     return 0
@@ -915,6 +921,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strict", action="store_true", help="exit 1 if any target is missed")
     p.add_argument("--only", default=SECTIONS, help=f"sections to run (default {SECTIONS})")
     p.add_argument("--profile", type=Path, help="record every worker with py-spy into this folder")
+    p.add_argument("--workdir", type=Path, help="keep worker and proxy logs here (default: temp)")
     return p.parse_args(argv)
 
 
@@ -946,7 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_start = os.getloadavg()[0]
     with contextlib.ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ml-bench-")))
+        if args.workdir is not None:
+            workdir = args.workdir.resolve()
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ml-bench-")))
         emulator = stack.enter_context(start_emulator(workdir / "aci"))
         bench = Bench(cfg, workdir, emulator, args.profile)
         stack.callback(bench.close)

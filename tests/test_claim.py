@@ -75,36 +75,69 @@ def test_every_file_lands_in_exactly_one_batch(
     assert entry.size == len(f"content of {entry.source}") and entry.etag
 
 
-@pytest.mark.parametrize("trouble", ["snapshots", "leased", "archived"])
+@pytest.mark.parametrize("trouble", ["snapshots", "leased", "archived", "leased-after-listing"])
 def test_a_file_storage_will_not_move_never_blocks_its_batch(
     azurite: Azurite, container: ContainerClient, trouble: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A file with snapshots is claimed (they go with it); one that storage refuses to copy or
-    delete (archive tier, somebody else's lease) stays in incoming/ with a log line naming it,
-    and the rest of its batch is claimed instead of the batch waiting in `claiming` forever."""
+    """A file with snapshots is claimed (they go with it); one that storage will not copy or
+    delete (archive tier, somebody else's lease) stays in incoming/, and the rest of its batch
+    is claimed instead of the batch waiting in `claiming` forever. Visible in the listing, such
+    a file is not even tried; leased after the listing, the refusal leaves it in place too,
+    with a log line naming it."""
     drop(container, ["incoming/a.txt", "incoming/b.txt"], b"v1")
     blob = container.get_blob_client("incoming/b.txt")
+    policies: list[object] = []
     if trouble == "snapshots":
         blob.create_snapshot()
         blob.upload_blob(b"v2", overwrite=True)
     elif trouble == "leased":
         BlobLeaseClient(blob).acquire(-1)
-    else:
+    elif trouble == "archived":
         blob.set_standard_blob_tier("Archive")
-    [manifest] = claim_all(clients_for(azurite, container))
+    else:
+        policies.append(
+            SideEffectPolicy(
+                lambda r: "x-ms-copy-source" in r.headers, lambda: BlobLeaseClient(blob).acquire(-1)
+            )
+        )
+    clients = clients_for(azurite, container, *policies)
+    listing = list(container.list_blobs(name_starts_with="incoming/", include=["metadata"]))
+    blocked = scan(clients.settings, listing, utcnow()).blocked
+    [manifest] = claim_all(clients)
     assert manifest.state is State.CLAIMED
     if trouble == "snapshots":
+        assert blocked == {}
         assert sorted(f.source for f in manifest.files) == ["incoming/a.txt", "incoming/b.txt"]
         assert container.download_blob(f"processing/{manifest.batch_id}/b.txt").readall() == b"v2"
         assert all_names(container, "incoming/") == []
-    else:
-        assert [f.source for f in manifest.files] == ["incoming/a.txt"]
-        assert all_names(container, "incoming/") == ["incoming/b.txt"]
-        assert sorted(all_names(container, "processing/")) == [
-            f"processing/{manifest.batch_id}/{MANIFEST_NAME}",
-            f"processing/{manifest.batch_id}/a.txt",
-        ]
+        return
+    assert [f.source for f in manifest.files] == ["incoming/a.txt"]
+    assert all_names(container, "incoming/") == ["incoming/b.txt"]
+    assert sorted(all_names(container, "processing/")) == [
+        f"processing/{manifest.batch_id}/{MANIFEST_NAME}",
+        f"processing/{manifest.batch_id}/a.txt",
+    ]
+    if trouble == "leased-after-listing":
+        assert blocked == {}
         assert "incoming/b.txt cannot be claimed: storage refused" in caplog.text
+    else:
+        reason = "archive tier" if trouble == "archived" else "leased by somebody else"
+        assert blocked == {"incoming/b.txt": reason}
+
+
+def test_a_file_that_cannot_move_keeps_the_tick_idle(
+    azurite: Azurite, container: ContainerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A leased file alone in incoming/ is reported and named, and the tick stays one request:
+    no lease, no manifest, no attempt that storage would refuse anyway."""
+    drop(container, ["incoming/locked.txt"])
+    BlobLeaseClient(container.get_blob_client("incoming/locked.txt")).acquire(-1)
+    counter = CountingPolicy()
+    report = poll(clients_for(azurite, container, counter))
+    assert report.idle and counter.counts == Counter({"list": 1})
+    assert report.blocked == {"incoming/locked.txt": "leased by somebody else"}
+    assert "'incoming/locked.txt' (leased by somebody else)" in caplog.text
+    assert all_names(container, "incoming/") == ["incoming/locked.txt"]
 
 
 def test_a_delete_whose_answer_was_lost_still_makes_the_file_ours(
@@ -385,8 +418,8 @@ def test_plan_caps_by_files_and_bytes(azurite: Azurite, container: ContainerClie
 def test_source_deletes_travel_in_blob_batch_requests(
     azurite: Azurite, container: ContainerClient
 ) -> None:
-    """300 files: 300 copies, and their conditional deletes in two Blob Batch requests (at most
-    256 each, split evenly so both run at once), not 300 Delete Blob requests."""
+    """300 files: 300 copies, and their conditional deletes in Blob Batch requests of 64 (four
+    sent while copies still run, the last 44 at the end), not 300 Delete Blob requests."""
     names = [f"incoming/f{i:03d}.txt" for i in range(300)]
     drop(container, names)
     counter = CountingPolicy()
@@ -395,7 +428,7 @@ def test_source_deletes_travel_in_blob_batch_requests(
     assert sorted(f.source for f in manifest.files) == names
     assert all_names(container, "incoming/") == []
     assert counter.counts["copy"] == 300
-    assert counter.counts["post:batch"] == 2
+    assert counter.counts["post:batch"] == 5
     assert counter.counts["delete"] == 0
 
 
