@@ -50,6 +50,8 @@ from launcher.blobs import (
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
+# User file names go into log lines with %r: a name may hold newlines or control characters,
+# which must not forge or split log lines.
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _copy_file(
         # version its user replaced is processed too; none is ever lost.
         if recovering and _copied(clients, dest):
             return FileClaim.OWNED
-        logger.info("file %s changed during claim: left for the next tick", entry.source)
+        logger.info("file %r changed during claim: left for the next tick", entry.source)
         return FileClaim.DROPPED
     return None
 
@@ -227,7 +229,7 @@ def _after_delete(
     if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE):
         return FileClaim.OWNED
     # Overwritten after our copy (stays in incoming) or deleted by somebody else: not ours.
-    logger.info("file %s %s before its delete: dropped", entry.source, deleted.value)
+    logger.info("file %r %s before its delete: dropped", entry.source, deleted.value)
     delete_quietly(clients.container, dest)
     return FileClaim.DROPPED
 
@@ -241,7 +243,7 @@ def _refused(
     code = getattr(exc, "error_code", None) or exc.status_code
     code = getattr(code, "value", code)
     logger.warning(
-        "file %s cannot be claimed: storage refused (%s); left in incoming", entry.source, code
+        "file %r cannot be claimed: storage refused (%s); left in incoming", entry.source, code
     )
     if copy is not None:
         delete_quietly(clients.container, copy)
@@ -351,7 +353,7 @@ def _settle_files(
     for index, (entry, first) in enumerate(zip(manifest.files, copied, strict=True)):
         res = deletes.results.get(index) if first is None else first
         if isinstance(res, BaseException) or res is None:
-            logger.warning("batch %s: claim of %s failed: %s", manifest.batch_id, entry.source, res)
+            logger.warning("batch %s: claim of %r failed: %s", manifest.batch_id, entry.source, res)
             errors += 1
         elif res is FileClaim.OWNED:
             owned.append(entry)

@@ -119,7 +119,7 @@ def test_a_file_storage_will_not_move_never_blocks_its_batch(
     ]
     if trouble == "leased-after-listing":
         assert blocked == {}
-        assert "incoming/b.txt cannot be claimed: storage refused" in caplog.text
+        assert "'incoming/b.txt' cannot be claimed: storage refused" in caplog.text
     else:
         reason = "archive tier" if trouble == "archived" else "leased by somebody else"
         assert blocked == {"incoming/b.txt": reason}
@@ -213,6 +213,26 @@ def test_file_overwritten_before_copy_is_left_for_next_tick(
     assert policy.fired
     assert container.download_blob("incoming/a.txt").readall() == b"v2"
     assert all_names(container, "processing/") == []  # empty batch rolled back
+
+
+def test_a_file_name_cannot_forge_log_lines(
+    azurite: Azurite, container: ContainerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name with a line break is logged escaped, on one line: it cannot start a fake one."""
+    name = "incoming/a\nWARNING launcher.poll: forged.txt"
+    drop(container, [name], b"v1")
+    policy = SideEffectPolicy(
+        lambda r: "x-ms-copy-source" in r.headers,
+        lambda: container.upload_blob(name, b"v2", overwrite=True),
+    )
+    caplog.set_level("INFO", logger="launcher")
+    assert claim_all(clients_for(azurite, container, policy)) == []
+    assert policy.fired
+    assert "changed during claim" in caplog.text
+    assert not any(
+        line.startswith("WARNING launcher.poll: forged") for line in caplog.text.splitlines()
+    )
+    assert all("\n" not in r.getMessage() for r in caplog.records)
 
 
 def test_file_deleted_by_user_mid_claim_does_not_break_the_tick(
