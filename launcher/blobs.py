@@ -222,35 +222,23 @@ def delete_many_if_unchanged(
                     retry_total=0,
                 )
             )
-        except HttpResponseError as exc:
-            if not is_transient(exc):
-                if exc.status_code is not None and 400 <= exc.status_code < 500:
-                    logger.warning(
-                        "storage refused a Blob Batch request (%s %s): deleting one by one",
-                        exc.status_code,
-                        getattr(exc, "error_code", None),
-                    )
-                    _no_batch.add(container.url)
-                    break
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
+            status = exc.status_code if isinstance(exc, HttpResponseError) else None
+            if not is_transient(exc) and status is not None and 400 <= status < 500:
+                logger.warning(
+                    "storage refused a Blob Batch request (%s %s): deleting one by one",
+                    status,
+                    getattr(exc, "error_code", None),
+                )
+                _no_batch.add(container.url)
+                break
+            if last or not is_transient(exc):
                 for i in pending:
                     results[i] = exc
                 return _done(results)
-            if last:
-                for i in pending:
-                    results[i] = exc
-                return _done(results)
-            if not _throttled(exc):
+            if not (isinstance(exc, HttpResponseError) and _throttled(exc)):
                 for i in pending:
                     uncertain[i] = True
-            _backoff(attempt)
-            continue
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            if last:
-                for i in pending:
-                    results[i] = exc
-                return _done(results)
-            for i in pending:
-                uncertain[i] = True
             _backoff(attempt)
             continue
         if len(parts) != len(pending):

@@ -91,8 +91,7 @@ def blocked_reason(blob: BlobProperties) -> str | None:
     keeps a tick that finds nothing else idle (one request)."""
     if str(blob.blob_tier or "").lower() == "archive":
         return "archive tier"
-    lease = getattr(blob, "lease", None)
-    if lease is not None and str(lease.state or "").lower() in ("leased", "breaking"):
+    if str(blob.lease.state or "").lower() in ("leased", "breaking"):
         return "leased by somebody else"
     return None
 
