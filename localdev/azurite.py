@@ -25,6 +25,9 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+# Node preload that removes Azurite's O(n log n) Delete Blob (its LokiJS table re-sorts all four
+# indices on every delete); see the file. Only the benchmark uses it: tests run stock Azurite.
+FAST_DELETE_PRELOAD = Path(__file__).resolve().parent / "azurite_fast_delete.js"
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,13 @@ def wait_for_port(
 
 @contextlib.contextmanager
 def run_azurite(
-    port: int | None = None, location: Path | None = None, log_file: Path | None = None
+    port: int | None = None,
+    location: Path | None = None,
+    log_file: Path | None = None,
+    preload: Path | None = None,
 ) -> Iterator[Azurite]:
-    """Run Azurite (in memory unless `location` is given) until the context exits."""
+    """Run Azurite (in memory unless `location` is given) until the context exits; `preload`
+    is a Node module required before Azurite starts (e.g. FAST_DELETE_PRELOAD)."""
     port = port or free_port()
     argv = [
         azurite_binary(),
@@ -107,9 +114,12 @@ def run_azurite(
         argv += ["--location", str(location)]
     if log_file is None:
         argv.append("--silent")
+    env = os.environ.copy()
+    if preload is not None:
+        env["NODE_OPTIONS"] = f"{env.get('NODE_OPTIONS', '')} --require={preload}".strip()
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+        argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
     try:
         wait_for_port(port, 30, proc)

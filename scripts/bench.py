@@ -14,26 +14,33 @@ How it measures, and why:
 - Peak memory is the worker's VmHWM from /proc, not `getrusage().ru_maxrss`: on Linux the
   latter carries the parent's peak over fork/exec, so a child started by a big orchestrator
   would report the orchestrator's memory.
-- Every measured run starts with a fresh, empty Azurite (same port, behind the same proxy).
-  Azurite's Delete Blob costs CPU in proportion to the blobs it stores (its in-memory index is
-  an array: ~1 ms at 1,000 blobs, ~28 ms at 10,000), so left-overs of one scenario would slow
-  the next, and a 10,000-file tick is slowed by the emulator, not by the app. That is why the
-  scale row compares the two ticks at the SAME store size (the smaller tick runs next to
-  ballast blobs in another container); the JSON keeps Azurite's CPU time for every run.
+- Every measured run starts with a fresh, empty Azurite (same port, behind the same proxy), so
+  left-overs of one scenario cannot slow the next; the scale row compares its two ticks at the
+  SAME store size (the smaller tick runs next to ballast blobs in another container).
+- Azurite runs with a Node preload, localdev/azurite_fast_delete.js (--stock-azurite: without).
+  Stock Azurite deletes a blob through LokiJS `findAndRemove`, which re-sorts all four indices
+  of its blob table on every call: one Delete Blob costs O(n log n) in the blobs stored (~2.5 ms
+  of its single thread at 1,000-2,000 blobs, ~28 ms at 10,000; techfort/LokiJS#773). Real Blob
+  Storage has no such cost. On a 2-core machine it made the emulator the limit of the project
+  and of the ceiling loop, while the latency-bound baseline hid it, so the speedup row measured
+  Azurite. The preload removes a single matched row through LokiJS' own in-place index update
+  (same rows removed, same answers: tests/test_bench.py runs one script against both). The
+  claim section adds one round on stock Azurite as an informational row, and the JSON keeps
+  Azurite's CPU time for every run.
 - Figures compared with each other are measured in the same run through the same proxies and
   are reported as ratios (medians over --rounds rounds). No absolute timing is asserted.
 - The CPU seconds of the worker, Azurite, the emulator and both proxies are recorded per run
   (JSON `raw`), with the load average: on a shared or small machine the emulator, not the app,
-  is often the limit, and these numbers show which. On 2 cores Azurite (one Node thread,
-  ~1.5-3.5 ms of CPU per copy or delete at 1,000-2,000 blobs stored) bounds both the project
-  and the ceiling loop at roughly 200-280 files/s, while the baseline is bound by latency.
+  is often the limit, and these numbers show which: on 2 cores Azurite (one Node thread, about
+  1.2 ms of CPU per copy and, with the preload, 1 ms per delete) still bounds both the project
+  and the ceiling loop, while the baseline is bound by latency.
 
 Rows (each with its figure, its target and whether it is met):
   1. idle poll tick: storage requests (= 1) and ARM requests (= 0);
   2. idle sweep: ARM requests (= 1) and storage requests (<= 1);
   3. claiming N files in one tick: storage requests per file (<= 2 + 50/N: one copy and one
      delete per file, plus at most 50 per tick for list pages, manifests, lease, recovery list;
-     the app sends the deletes as Blob Batch requests of up to 256, so it needs about 1 + 1/256);
+     the app sends the deletes as Blob Batch requests of 64, so it needs about 1 + 1/64);
   4. claim speed: files/s of this project (a whole tick: list, lease, manifests, launches), of
      the seed system's one-by-one loop (copy, then delete, each file in turn; on a sample of
      --baseline-files, its rate per file does not depend on the count) and of a raw concurrent
@@ -142,6 +149,7 @@ class Config:
     batch_max_files: int
     tolerance: float
     rounds: int
+    stock_azurite: bool = False
     io_concurrency: int = 0
     sweep_concurrency: int = 0
     cpu_count: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -437,14 +445,18 @@ class Bench:
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def fresh_azurite(self) -> None:
+    def fresh_azurite(self, stock: bool | None = None) -> None:
         """Replace Azurite with a new, empty one on the same port (the storage proxy's upstream):
-        every measured run starts from an empty store (see the module docstring)."""
-        from localdev.azurite import connection_string, run_azurite
+        every measured run starts from an empty store. It runs with the fast-delete preload
+        unless `stock` (default: --stock-azurite) says otherwise (see the module docstring)."""
+        from localdev.azurite import FAST_DELETE_PRELOAD, connection_string, run_azurite
 
+        stock = self.cfg.stock_azurite if stock is None else stock
         self._azurite_stack.close()
         self._azurite_stack = contextlib.ExitStack()
-        self.azurite = self._azurite_stack.enter_context(run_azurite(port=self.azurite_port))
+        self.azurite = self._azurite_stack.enter_context(
+            run_azurite(port=self.azurite_port, preload=None if stock else FAST_DELETE_PRELOAD)
+        )
         self.service = BlobServiceClient.from_connection_string(
             connection_string(self.azurite_port), transport=_transport(64)
         )
@@ -622,13 +634,13 @@ class Bench:
     # -- 3 and 4: claiming -------------------------------------------------------------------------
 
     def claim_tick(
-        self, files: int, ballast: int = 0, sample_lease: bool = False
+        self, files: int, ballast: int = 0, sample_lease: bool = False, stock: bool | None = None
     ) -> dict[str, Any]:
         """Claim `files` files with one poll tick in a worker process, on a fresh Azurite that
         also holds `ballast` unrelated blobs (so that its per-request cost matches a larger
         drop's); with `sample_lease`, watch the poll lock blob's lease from here (directly, not
         through the proxy) while the tick runs."""
-        self.fresh_azurite()
+        self.fresh_azurite(stock)
         container = self.new_container("claim")
         self.seed(container, files)
         if ballast:
@@ -655,9 +667,9 @@ class Bench:
         res["ballast"] = ballast
         return res
 
-    def raw_loop(self, op: str, files: int) -> dict[str, Any]:
+    def raw_loop(self, op: str, files: int, stock: bool | None = None) -> dict[str, Any]:
         """The baseline or the ceiling on `files` files, on a fresh Azurite."""
-        self.fresh_azurite()
+        self.fresh_azurite(stock)
         container = self.new_container(op)
         self.seed(container, files)
         res = self.run_worker(op, self.env(container.container_name), dest=f"processing/{op}/")
@@ -713,6 +725,15 @@ class Bench:
         cores = stack / project["seconds"]
         azurite = 1000 * helpers.get("azurite", 0.0) / project["counts"]["storage"]["total"]
         self.add(Row("claim_stack_cores", "4", f"CPU used by tick + Azurite + proxies during that tick (Azurite {azurite:.1f} ms/request)", round(cores, 2), f"of {cfg.cpu_count} cores", f"- (near {cfg.cpu_count}: CPU-bound, the machine is the limit)", None, False))  # fmt: skip
+        if not cfg.stock_azurite:
+            # For comparison, one round of project and baseline on stock Azurite, whose O(n log n)
+            # Delete Blob makes it the limit of any concurrent claim on a small machine.
+            project = self.claim_tick(n, stock=True)
+            assert project["files"] == n and project["left_in_incoming"] == 0, project["report"]
+            baseline = self.raw_loop("baseline", nb, stock=True)
+            stock_rate, stock_base = n / project["seconds"], nb / baseline["seconds"]
+            self.raw["claim_stock_azurite"] = {"rate": round(stock_rate, 3), "baseline_rate": round(stock_base, 3)}  # fmt: skip
+            self.add(Row("claim_speedup_stock_azurite", "4", f"For comparison, on stock Azurite (1 round): project {stock_rate:.0f} / baseline {stock_base:.1f} files/s", round(stock_rate / stock_base, 2), "x", "- (Azurite-bound on small machines)", None, False))  # fmt: skip
 
     # -- 5: scale --------------------------------------------------------------------------------
 
@@ -922,6 +943,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=SECTIONS, help=f"sections to run (default {SECTIONS})")
     p.add_argument("--profile", type=Path, help="record every worker with py-spy into this folder")
     p.add_argument("--workdir", type=Path, help="keep worker and proxy logs here (default: temp)")
+    p.add_argument(
+        "--stock-azurite",
+        action="store_true",
+        help="run Azurite without the fast-delete preload (see the module docstring)",
+    )
     return p.parse_args(argv)
 
 
@@ -947,6 +973,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_max_files=max(1, claim_files // 2),
         tolerance=args.tolerance,
         rounds=max(1, args.rounds or (1 if args.tiny else 3)),
+        stock_azurite=args.stock_azurite,
         sweep_concurrency=SWEEP_CONCURRENCY,
     )
     only = set(args.only.split(","))
@@ -976,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
             f"benchmark: {cfg.delay_ms:g} ms per request; claim {cfg.claim_files:,} files "
             f"({cfg.rounds} round(s)), scale {cfg.scale_files:,}, sweep {cfg.sweep_groups} "
             f"groups; IO_CONCURRENCY {cfg.io_concurrency}; {cfg.cpu_count} CPU(s), load "
-            f"{load_start:.1f}",
+            f"{load_start:.1f}; Azurite {'stock' if cfg.stock_azurite else 'with fast-delete preload'}",
             flush=True,
         )
         for section, run in (

@@ -61,3 +61,60 @@ def test_tiny_benchmark_request_counts_meet_their_targets(tiny_run: dict[str, An
     assert rows["idle_poll_storage"]["value"] == 1
     assert rows["idle_poll_arm"]["value"] == 0
     assert rows["idle_sweep_arm"]["value"] == 1
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["stock", "fast-delete"])
+def test_fast_delete_preload_is_loaded_and_keeps_azurite_delete_semantics(
+    tmp_path: Path, patched: bool
+) -> None:
+    """The benchmark's Azurite preload (localdev/azurite_fast_delete.js) changes how a delete
+    updates Azurite's indices, never which blobs a delete removes or refuses: the same script
+    gives the same answers on stock Azurite and with the preload."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+    from azure.storage.blob import BlobServiceClient
+
+    from localdev.azurite import FAST_DELETE_PRELOAD, connection_string, run_azurite
+
+    log = tmp_path / "azurite.log"
+    with run_azurite(log_file=log, preload=FAST_DELETE_PRELOAD if patched else None) as az:
+        service = BlobServiceClient.from_connection_string(connection_string(az.port))
+        box = service.create_container("preload")
+        etags = {
+            f"in/{i:03d}": box.upload_blob(f"in/{i:03d}", b"x").get_blob_properties().etag
+            for i in range(120)
+        }
+        # Single deletes, conditional: a stale ETag is refused and the blob stays.
+        with pytest.raises(ResourceModifiedError):
+            box.delete_blob("in/000", etag='"0x1"', match_condition=MatchConditions.IfNotModified)
+        for i in range(0, 60):
+            box.delete_blob(
+                f"in/{i:03d}",
+                etag=etags[f"in/{i:03d}"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        # A Blob Batch of conditional deletes (what a claim sends).
+        batch = [
+            {
+                "name": f"in/{i:03d}",
+                "etag": etags[f"in/{i:03d}"],
+                "match_condition": MatchConditions.IfNotModified,
+            }
+            for i in range(60, 100)
+        ]
+        assert all(r.status_code == 202 for r in box.delete_blobs(*batch))
+        # Snapshots: several rows match, so the original LokiJS path runs.
+        snapped = box.get_blob_client("in/100")
+        snapshot = snapped.create_snapshot()["snapshot"]
+        with pytest.raises(ResourceExistsError):  # SnapshotsPresent
+            snapped.delete_blob()
+        box.get_blob_client("in/100", snapshot=snapshot).delete_blob()
+        snapped.create_snapshot()
+        snapped.delete_blob(delete_snapshots="include")
+        left = sorted(b.name for b in box.list_blobs(include=["snapshots"]))
+        assert left == [f"in/{i:03d}" for i in range(101, 120)]
+        # The indices are consistent after all of it: point reads agree with the listing.
+        assert box.get_blob_client("in/101").exists()
+        assert not box.get_blob_client("in/099").exists()
+        assert not box.get_blob_client("in/000").exists()
+    assert ("azurite_fast_delete: LokiJS findAndRemove patched" in log.read_text()) is patched
