@@ -25,8 +25,9 @@ ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
-# Node preload that removes Azurite's O(n log n) Delete Blob (its LokiJS table re-sorts all four
-# indices on every delete); see the file. Only the benchmark uses it: tests run stock Azurite.
+# Node preload that removes the part of Azurite's Delete Blob that grows with the blobs stored
+# (LokiJS scans the account and re-sorts all four indices per delete); see the file. Only the
+# benchmark uses it: tests, `make run` and chaos run stock Azurite.
 FAST_DELETE_PRELOAD = Path(__file__).resolve().parent / "azurite_fast_delete.js"
 
 

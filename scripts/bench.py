@@ -20,11 +20,13 @@ How it measures, and why:
 - Azurite runs with a Node preload, localdev/azurite_fast_delete.js (--stock-azurite: without).
   Stock Azurite deletes a blob through LokiJS `findAndRemove`, which re-sorts all four indices
   of its blob table on every call: one Delete Blob costs O(n log n) in the blobs stored (~2.5 ms
-  of its single thread at 1,000-2,000 blobs, ~28 ms at 10,000; techfort/LokiJS#773). Real Blob
-  Storage has no such cost. On a 2-core machine it made the emulator the limit of the project
-  and of the ceiling loop, while the latency-bound baseline hid it, so the speedup row measured
-  Azurite. The preload removes a single matched row through LokiJS' own in-place index update
-  (same rows removed, same answers: tests/test_bench.py runs one script against both). The
+  of its single thread at 1,000-2,000 blobs, ~28 ms at 10,000; techfort/LokiJS#773), after
+  looking the row up twice by scanning every blob of the account. Real Blob Storage has no such
+  cost. On a 2-core machine it made the emulator the limit of the project and of the ceiling
+  loop, while the latency-bound baseline hid it, so the speedup row measured Azurite. The preload
+  looks the row up by blob name first and removes a single matched row through LokiJS' own
+  in-place index update (same rows removed, same answers: tests/test_bench.py runs one script
+  against both). The
   claim section adds one round on stock Azurite as an informational row, and the JSON keeps
   Azurite's CPU time for every run.
 - Figures compared with each other are measured in the same run through the same proxies and
