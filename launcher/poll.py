@@ -45,6 +45,7 @@ class TickReport:
     folder_markers: int = 0
     waiting_folders: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)
+    held_for_recovery: int = 0  # claimable files listed by an unfinished claim: they wait for it
     active_groups: int | None = None
     room: int | None = None
     claimed: list[dict[str, Any]] = field(default_factory=list)
@@ -130,6 +131,24 @@ def _recover(clients: Clients, launcher: _Launcher, refs: list[BatchRef]) -> Non
             launcher.launch(found[0], found[1], confirm=True)
 
 
+def _in_open_claims(clients: Clients, refs: list[BatchRef]) -> set[tuple[str, str]]:
+    """(source, etag) of every file listed by a batch that is still `claiming` after recovery:
+    a claim that crashed less than STUCK_CLAIM_SECONDS ago, or the live claim of a tick that has
+    lost its lease. Such a file must wait for that claim to be finished: claimed again now, it
+    could end in two batches, because the claim's recovery keeps a file whose source is gone
+    when its copy is complete (the crashed run may have deleted the source before it died), and
+    a concurrent claim's delete decides only between the two deletes, not a lost answer. One
+    read per such batch, concurrently; a tick normally sees none."""
+    open_claims = [r.batch_id for r in refs if r.state is State.CLAIMING]
+    held: set[tuple[str, str]] = set()
+    for found in clients.runner.map(clients.store.read, open_claims):
+        if isinstance(found, BaseException):
+            raise found  # unknown files: claim nothing rather than risk claiming one twice
+        if found is not None and found[0].state is State.CLAIMING:
+            held.update((f.source, f.etag.strip('"')) for f in found[0].files)
+    return held
+
+
 class _BatchGate:
     """Lets a tick's batch threads start claiming only while the lease is held, and says once,
     in the log, when the tick stops: from then on no batch starts, and the batches already in
@@ -194,7 +213,18 @@ def _locked_tick(
     _recover(clients, launcher, refs)
     if found is None:
         return
-    plans = plan_batches(clients.settings, found.claimable, launcher.room)
+    claimable = found.claimable
+    held = _in_open_claims(clients, refs)
+    if held:
+        # ETags compared without quotes: listings give them bare, property reads quoted.
+        claimable = [c for c in claimable if (c.name, c.etag.strip('"')) not in held]
+        report.held_for_recovery = len(found.claimable) - len(claimable)
+        logger.warning(
+            "%s file(s) in incoming/ are listed by unfinished claims: left for their recovery "
+            "(after STUCK_CLAIM_SECONDS)",
+            report.held_for_recovery,
+        )
+    plans = plan_batches(clients.settings, claimable, launcher.room)
     if not plans:
         return
     # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so running

@@ -1266,22 +1266,30 @@ def _fault_mix(faults: Mapping[str, int]) -> str:
 
 
 def scenario_lease(stack: Stack, mode: Mode, rng: random.Random, report: Report) -> Row:
-    """Two ways to lose the poll lease while still working, alternating over the trials:
+    """Three ways to lose the poll lease while still working, in turn over the trials:
     `claim`: the lease is broken in the middle of the victim's claims and a second poller takes
     it at once (both claim the same files for a few seconds); `launch`: the lease is broken
     while the victim's container group PUT is in flight and the new holder's whole tick runs
-    before that PUT reaches ARM (a process that stalls longer than its lease)."""
+    before that PUT reaches ARM (a process that stalls longer than its lease); `faults`: as
+    `claim`, with 10% of the victim's storage requests failing as well (500, 503, 429, dropped
+    before or after storage applied them), lease renewals and Blob Batch deletes included."""
     row = Row("lease theft: poll lease broken mid-tick")
     checker = Checker(stack)
     arm = stack.arm_proxy()
-    for trial in range(mode.lease_trials * 2):
-        variant = ("claim", "launch")[trial % 2]
+    variants = ("claim", "launch", "faults")
+    for trial in range(mode.lease_trials * len(variants)):
+        variant = variants[trial % len(variants)]
         arena = stack.arena("lease")
-        # In `claim`, the victim is slowed down (150 ms per storage request, two at a time) so
-        # its tick outlives a lease renewal (every LEASE_SECONDS/3 = 5 s) after the theft.
-        # In `launch`, both use the same storage endpoint, as two instances of one app do (the
-        # endpoint is part of the group spec).
-        slow = stack.storage_proxy(delay_ms=150) if variant == "claim" else None
+        # In `claim` and `faults`, the victim is slowed down (150 ms per storage request, two at
+        # a time) so its tick outlives a lease renewal (every LEASE_SECONDS/3 = 5 s) after the
+        # theft. In `launch`, both use the same storage endpoint, as two instances of one app do
+        # (the endpoint is part of the group spec).
+        faults = FaultConfig.spread(0.10, retry_after_s=0.2) if variant == "faults" else None
+        slow = (
+            stack.storage_proxy(delay_ms=150, faults=faults, seed=rng.randrange(2**31))
+            if variant != "launch"
+            else None
+        )
         settings = {
             config.BATCH_MAX_FILES: "10",
             config.MAX_BATCHES_PER_TICK: "20",
@@ -1292,7 +1300,7 @@ def scenario_lease(stack: Stack, mode: Mode, rng: random.Random, report: Report)
         }
         victim_env = stack.env(arena, slow, arm, settings)
         thief_env = stack.env(arena, None, None, {**settings, config.IO_CONCURRENCY: "8"})
-        files = mode.lease_files if variant == "claim" else 20
+        files = mode.lease_files if variant != "launch" else 20
         names = [f"incoming/l{trial}/f{k:03d}.txt" for k in range(files)]
         drop_files(arena, names, rng)
         thief: dict[str, Any] = {}
@@ -1339,7 +1347,7 @@ def scenario_lease(stack: Stack, mode: Mode, rng: random.Random, report: Report)
             f"{len(data.get('claimed', []))}/{planned} batches, lease_lost="
             f"{data.get('lease_lost')}"
         )
-        if variant == "claim":
+        if slow is not None:
             err = victim.err()
             # Batches claim concurrently: the ones in flight when the tick stops (the log line
             # says how many) end with the files they had copied; no other batch may claim.
@@ -1355,6 +1363,10 @@ def scenario_lease(stack: Stack, mode: Mode, rng: random.Random, report: Report)
             report.checks.append(
                 CheckResult(f"{label}: a tick that loses its lease stops claiming", ok_stop)
             )
+        if faults is not None and slow is not None:
+            faulted = slow.fault_counts()
+            note += f", victim's storage faults {faulted['total']} ({_fault_mix(faulted)})"
+            slow.set_faults(None)
         note += (
             f"; thief claimed {len(thief_data.get('claimed', []))}, launched "
             f"{sum(1 for x in thief_data.get('launched', []) if x.get('launched'))}"

@@ -17,6 +17,7 @@ from launcher.claim import Plan, claim, plan_batches, resolve_claiming, scan
 from launcher.clients import Clients, build_clients
 from launcher.poll import poll
 from localdev.azurite import Azurite
+from tests.conftest import Pipeline
 from tests.helpers import CountingPolicy, SideEffectPolicy, all_names, drop, make_settings
 
 
@@ -484,3 +485,39 @@ def test_an_account_that_refuses_blob_batch_gets_single_deletes(
         assert counter.counts["post:batch"] == 0 and counter.counts["delete"] == 1
     finally:
         blobs._no_batch.discard(container.url)
+
+
+def test_files_of_an_unfinished_claim_wait_for_its_recovery(pipeline: Pipeline) -> None:
+    """A tick crashed after copying a file but before deleting its source, and the next tick
+    runs well within STUCK_CLAIM_SECONDS: it must leave that file alone (else recovery, which
+    finds the source gone and its copy complete, would keep the file in a second batch)."""
+    container = pipeline.container
+    drop(container, ["incoming/a.txt", "incoming/b.txt", "incoming/c.txt"], b"v1")
+    crashed = new_batch_id()
+    files = []
+    for name in ("incoming/a.txt", "incoming/b.txt"):
+        props = container.get_blob_client(name).get_blob_properties()
+        files.append(FileEntry(name, name[9:], name[9:], str(props.etag), props.size))
+    now = iso(utcnow()) or ""
+    clients = pipeline.clients(STUCK_CLAIM_SECONDS="300", BATCH_SETTLE_SECONDS="0")
+    clients.store.create(
+        Manifest(batch_id=crashed, state=State.CLAIMING, created=now, updated=now, files=files)
+    )
+    a = container.get_blob_client("incoming/a.txt")
+    container.get_blob_client(f"processing/{crashed}/a.txt").start_copy_from_url(a.url)
+
+    report = poll(clients)
+    assert [c["files"] for c in report.claimed] == [1]  # c.txt only
+    assert all_names(container, "incoming/") == ["incoming/a.txt", "incoming/b.txt"]
+
+    # Once the claim counts as abandoned, recovery finishes it and every file has one batch.
+    poll(pipeline.clients(STUCK_CLAIM_SECONDS="0", BATCH_SETTLE_SECONDS="0"))
+    owners: dict[str, list[str]] = {}
+    for blob in container.list_blobs(name_starts_with="processing/"):
+        if blob.name.endswith("/" + MANIFEST_NAME):
+            m = Manifest.from_bytes(container.download_blob(blob.name).readall())
+            for f in m.files:
+                owners.setdefault(f.source, []).append(m.batch_id)
+    assert sorted(owners) == ["incoming/a.txt", "incoming/b.txt", "incoming/c.txt"]
+    assert owners["incoming/a.txt"] == [crashed] and owners["incoming/b.txt"] == [crashed]
+    assert all_names(container, "incoming/") == []
