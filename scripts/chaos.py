@@ -977,9 +977,15 @@ def scenario_crash(stack: Stack, mode: Mode, rng: random.Random, report: Report)
 
         def after_kill(run: Run) -> None:
             """Right after the crash, the user drops files again under names the dead tick had
-            already taken out of incoming/ (a new version each)."""
-            if not redrop:
-                return
+            already taken out of incoming/ (a new version each); after a killed poll, the next
+            tick comes long before the dead tick's claim counts as abandoned."""
+            if redrop:
+                drop_again()
+            if role == "poll":
+                early = {**poll_env, config.STUCK_CLAIM_SECONDS: "300"}
+                stack.run("poll", early, tag=f"c{i}.early", timeout=60)
+
+        def drop_again() -> None:
             present = {b.name for b in arena.container.list_blobs(name_starts_with="incoming/")}
             gone = [d.name for k, d in arena.dropped.items() if "#" not in k]
             gone = [n for n in gone if n not in present]
