@@ -435,6 +435,21 @@ class LeaseLock:
     def lost(self) -> bool:
         return self._lost.is_set()
 
+    def confirm(self) -> bool:
+        """Renew now and wait for the answer. True proves that nobody has taken the lease since
+        we acquired it (a lease that was broken or taken by another cannot be renewed), so
+        anything written before this call is visible to whoever takes it next."""
+        lease = self._lease
+        if lease is None or self._lost.is_set():
+            return False
+        try:
+            lease.renew()
+        except Exception as exc:  # as in _renew_once: unproven means lost
+            logger.warning("lease on %s lost: %s", self._blob_name, exc)
+            self._lost.set()
+            return False
+        return True
+
     def check(self) -> None:
         if self._lost.is_set():
             raise LeaseLost(f"lease on {self._blob_name} was lost")

@@ -10,6 +10,10 @@
    batch too.
 3. Set the manifest to `claimed` with the files that are ours (an empty batch is rolled back).
 
+Between 1 and 2 the poll lease is renewed synchronously (`LeaseLock.confirm`): a later lease
+holder then sees this manifest and leaves its files alone, so two claims never compete for a
+file even after a lease was lost (a lost delete answer could otherwise make both keep it).
+
 A crash anywhere leaves a `claiming` manifest. `resolve_claiming` finishes such a batch file by
 file (finish the copy and delete, or drop the file) once the manifest is older than
 STUCK_CLAIM_SECONDS, so a slow but live tick is never raced.
@@ -405,6 +409,15 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
         ready_marker=s.batch_ready_marker,
     )
     etag = clients.store.create(manifest)
+    # The manifest is written; now prove the lease is still ours before touching a file. A poll
+    # that takes the lease after this renewal lists processing/ after it, sees this batch
+    # `claiming` and leaves its files alone (poll._in_open_claims), so no two claims ever race
+    # on one file. If the lease is already gone, a new holder may have listed processing/
+    # before this manifest existed: nothing has been touched yet, so the batch is rolled back.
+    if not lease.confirm():
+        clients.store.delete(batch_id)
+        logger.warning("batch %s: poll lease lost before the first copy: rolled back", batch_id)
+        return ClaimResult(None, None, skipped=len(entries))
     owned, dropped, skipped, errors = _settle_files(clients, manifest, lease, recovering=False)
     try:
         new_etag = _finish(clients, manifest, etag, owned, errors)

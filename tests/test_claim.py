@@ -521,3 +521,23 @@ def test_files_of_an_unfinished_claim_wait_for_its_recovery(pipeline: Pipeline) 
     assert sorted(owners) == ["incoming/a.txt", "incoming/b.txt", "incoming/c.txt"]
     assert owners["incoming/a.txt"] == [crashed] and owners["incoming/b.txt"] == [crashed]
     assert all_names(container, "incoming/") == []
+
+
+def test_a_claim_that_cannot_prove_its_lease_touches_no_file(
+    azurite: Azurite, container: ContainerClient
+) -> None:
+    """The lease is broken just as the manifest is written: a new holder may have listed
+    processing/ before that manifest existed, so the claim must not copy or delete anything."""
+    drop(container, ["incoming/a.txt", "incoming/b.txt"])
+
+    def steal() -> None:
+        BlobLeaseClient(container.get_blob_client("locks/poll")).break_lease(0)
+
+    policy = SideEffectPolicy(
+        lambda r: r.method == "PUT" and r.url.split("?")[0].endswith("/" + MANIFEST_NAME), steal
+    )
+    manifests = claim_all(clients_for(azurite, container, policy))
+    assert policy.fired
+    assert manifests == []
+    assert all_names(container, "processing/") == []  # manifest rolled back, no copy made
+    assert all_names(container, "incoming/") == ["incoming/a.txt", "incoming/b.txt"]
