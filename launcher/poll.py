@@ -135,10 +135,10 @@ def _in_open_claims(clients: Clients, refs: list[BatchRef]) -> set[tuple[str, st
     """(source, etag) of every file listed by a batch that is still `claiming` after recovery:
     a claim that crashed less than STUCK_CLAIM_SECONDS ago, or the live claim of a tick that has
     lost its lease. Such a file must wait for that claim to be finished: claimed again now, it
-    could end in two batches, because the claim's recovery keeps a file whose source is gone
-    when its copy is complete (the crashed run may have deleted the source before it died), and
-    a concurrent claim's delete decides only between the two deletes, not a lost answer. One
-    read per such batch, concurrently; a tick normally sees none."""
+    could end in two batches, because that claim keeps a file whose source is gone once its
+    copy is complete (its recovery cannot tell whether the crashed run deleted the source, and
+    a live claim whose delete answer was lost cannot either). One read per such batch,
+    concurrently; a tick normally sees none."""
     open_claims = [r.batch_id for r in refs if r.state is State.CLAIMING]
     held: set[tuple[str, str]] = set()
     for found in clients.runner.map(clients.store.read, open_claims):
@@ -219,6 +219,7 @@ def _locked_tick(
         # ETags compared without quotes: listings give them bare, property reads quoted.
         claimable = [c for c in claimable if (c.name, c.etag.strip('"')) not in held]
         report.held_for_recovery = len(found.claimable) - len(claimable)
+    if report.held_for_recovery:
         logger.warning(
             "%s file(s) in incoming/ are listed by unfinished claims: left for their recovery "
             "(after STUCK_CLAIM_SECONDS)",
