@@ -492,7 +492,8 @@ def test_files_of_an_unfinished_claim_wait_for_its_recovery(pipeline: Pipeline) 
     runs well within STUCK_CLAIM_SECONDS: it must leave that file alone (else recovery, which
     finds the source gone and its copy complete, would keep the file in a second batch)."""
     container = pipeline.container
-    drop(container, ["incoming/a.txt", "incoming/b.txt", "incoming/c.txt"], b"v1")
+    for name in ("incoming/a.txt", "incoming/b.txt", "incoming/c.txt"):
+        drop(container, [name], f"content of {name}".encode())
     crashed = new_batch_id()
     files = []
     for name in ("incoming/a.txt", "incoming/b.txt"):
@@ -512,12 +513,7 @@ def test_files_of_an_unfinished_claim_wait_for_its_recovery(pipeline: Pipeline) 
 
     # Once the claim counts as abandoned, recovery finishes it and every file has one batch.
     poll(pipeline.clients(STUCK_CLAIM_SECONDS="0", BATCH_SETTLE_SECONDS="0"))
-    owners: dict[str, list[str]] = {}
-    for blob in container.list_blobs(name_starts_with="processing/"):
-        if blob.name.endswith("/" + MANIFEST_NAME):
-            m = Manifest.from_bytes(container.download_blob(blob.name).readall())
-            for f in m.files:
-                owners.setdefault(f.source, []).append(m.batch_id)
+    owners = batch_contents(container)
     assert sorted(owners) == ["incoming/a.txt", "incoming/b.txt", "incoming/c.txt"]
     assert owners["incoming/a.txt"] == [crashed] and owners["incoming/b.txt"] == [crashed]
     assert all_names(container, "incoming/") == []
