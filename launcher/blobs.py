@@ -407,23 +407,30 @@ class LeaseLock:
                 daemon=True,
             ).start()
 
+    def _renew(self) -> bool:
+        """One renewal. Any failure means we can no longer prove we hold the lease: it is
+        marked lost, unless the renewal merely raced our own release."""
+        lease = self._lease
+        if lease is None or self._stop.is_set() or self._lost.is_set():
+            return False
+        try:
+            lease.renew()
+        except Exception as exc:
+            if not self._stop.is_set():
+                logger.warning("lease on %s lost: %s", self._blob_name, exc)
+                self._lost.set()
+            return False
+        return True
+
     def _renew_once(self, interval: float) -> None:
         started = time.monotonic()
         try:
-            lease = self._lease
-            if lease is None or self._stop.is_set():
-                return
-            lease.renew()
-        except Exception as exc:  # any failure means we can no longer prove we hold it
-            if not self._stop.is_set():  # not a renewal that raced the release
-                logger.warning("lease on %s lost: %s", self._blob_name, exc)
-                self._lost.set()
-            return
+            renewed = self._renew()
         finally:
             with self._renewals_lock:
                 self._renewals -= 1
         took = time.monotonic() - started
-        if took > interval:
+        if renewed and took > interval:
             logger.warning(
                 "lease on %s: renewal took %.1f s of a %s s lease (storage is slow)",
                 self._blob_name,
@@ -439,16 +446,7 @@ class LeaseLock:
         """Renew now and wait for the answer. True proves that nobody has taken the lease since
         we acquired it (a lease that was broken or taken by another cannot be renewed), so
         anything written before this call is visible to whoever takes it next."""
-        lease = self._lease
-        if lease is None or self._lost.is_set():
-            return False
-        try:
-            lease.renew()
-        except Exception as exc:  # as in _renew_once: unproven means lost
-            logger.warning("lease on %s lost: %s", self._blob_name, exc)
-            self._lost.set()
-            return False
-        return True
+        return self._renew()
 
     def check(self) -> None:
         if self._lost.is_set():
