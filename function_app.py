@@ -17,6 +17,7 @@ from cleanup import admin
 from cleanup.sweep import sweep
 from config import get_settings
 from launcher.clients import get_clients
+from launcher.errors import run_logged
 from launcher.poll import poll
 
 logging.getLogger("azure").setLevel(logging.WARNING)
@@ -26,13 +27,13 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.timer_trigger(schedule="%POLL_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def poll_timer(timer: func.TimerRequest) -> None:
     """Claim new files and launch their batches (exactly one List Blobs when idle)."""
-    poll(get_clients(get_settings()))
+    run_logged("poll", get_settings, lambda s: poll(get_clients(s)))
 
 
 @app.timer_trigger(schedule="%JANITOR_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def janitor_timer(timer: func.TimerRequest) -> None:
     """Finish terminated batches, keep logs, relaunch or dead-letter, delete groups."""
-    sweep(get_clients(get_settings()))
+    run_logged("janitor", get_settings, lambda s: sweep(get_clients(s)))
 
 
 def _reply(reply: admin.Reply) -> func.HttpResponse:

@@ -12,7 +12,8 @@ from cleanup.sweep import sweep
 from config import ConfigError, get_settings
 from launcher.__main__ import configure_logging
 from launcher.batch import State
-from launcher.clients import get_clients
+from launcher.clients import Clients, get_clients
+from launcher.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, explain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,26 +30,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
-        clients = get_clients(get_settings())
+        settings = get_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    try:
+        return _run(args, get_clients(settings))
+    except Exception as exc:
+        problem = explain(exc, settings)
+        if problem is None:
+            raise
+        print(f"error: {problem.message}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+
+
+def _run(args: argparse.Namespace, clients: Clients) -> int:
     if args.command == "sweep":
         report = sweep(clients, dry_run=args.dry_run)
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        print(json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False))
         if report.lease_busy:
             return 3
         return 1 if report.errors else 0
     if args.command == "retry":
         try:
-            restored = retry_failed(clients, args.batch)
+            result = retry_failed(clients, args.batch)
         except BadRequest as exc:
             print(exc, file=sys.stderr)
             return 2
-        print(json.dumps({"batch": args.batch, "restored": restored}, indent=2))
+        print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
     rows = batch_summaries(clients, State(args.state) if args.state else None, args.limit)
-    print(json.dumps(rows, indent=2, default=str))
+    print(json.dumps(rows, indent=2, default=str, ensure_ascii=False))
     return 0
 
 

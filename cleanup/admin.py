@@ -13,9 +13,10 @@ from typing import Any
 
 from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
-from launcher.batch import FileEntry, State, iso, utcnow
-from launcher.blobs import move_blob
+from launcher.batch import FileEntry, ManifestConflict, ManifestUnreadable, State, iso
+from launcher.blobs import Restore, restore_blob
 from launcher.clients import Clients, get_clients
+from launcher.errors import explain
 from launcher.poll import TickReport, poll
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,19 @@ def _guard(fn: Callable[[Mapping[str, str]], Reply]) -> Callable[[Mapping[str, s
         except ConfigError as exc:
             logger.error("admin endpoint refused: %s", exc)
             return Reply(500, {"error": "InvalidConfiguration", "problems": exc.problems})
+        except Exception as exc:
+            problem = explain(exc, get_settings())
+            if problem is None:
+                logger.exception("ops endpoint %s failed", fn.__name__)
+                return Reply(
+                    500,
+                    {
+                        "error": "InternalError",
+                        "message": f"{type(exc).__name__}; the host log has the details",
+                    },
+                )
+            logger.error("ops endpoint %s: %s", fn.__name__, problem.message)
+            return Reply(problem.status, problem.to_dict())
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
@@ -138,7 +152,17 @@ def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[d
     found.sort(reverse=True)
 
     def read(entry: tuple[str, str]) -> dict[str, Any] | None:
-        got = clients.store.read(entry[0], entry[1])
+        try:
+            got = clients.store.read(entry[0], entry[1])
+        except ManifestUnreadable as exc:
+            if state is not None:
+                return None
+            return {
+                "batch": entry[0],
+                "state": "quarantined",
+                "folder": entry[1] + entry[0] + "/",
+                "error": exc.reason,
+            }
         if got is None:
             return None
         m = got[0]
@@ -172,23 +196,28 @@ def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[d
     return out[:limit]
 
 
-def retry_failed(clients: Clients, batch_id: str) -> list[str]:
+def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
     """Put a failed batch's inputs back into incoming/ under their original names, so the next
-    poll claims them as a new batch. The failed folder keeps its manifest (marked `retried_at`)
-    and logs for the record. Returns the names written to incoming/."""
+    poll claims them as a new batch. The failed folder keeps its manifest (recording the retry)
+    and logs.
+
+    Never over a user's file: a name that exists in incoming/ (the user dropped a corrected
+    file meanwhile) is skipped and reported under `kept`, and the old input stays in the failed
+    folder (see `blobs.restore_blob`). Idempotent: a second run restores only what the first
+    could not, and records the retry once."""
     s, store = clients.settings, clients.store
-    found = store.read(batch_id, s.failed_prefix)
+    try:
+        found = store.read(batch_id, s.failed_prefix)
+    except ManifestUnreadable as exc:
+        raise BadRequest(f"failed batch {batch_id!r} cannot be retried: {exc.reason}") from None
     if found is None:
         raise BadRequest(f"no failed batch {batch_id!r} under {s.failed_prefix}")
     manifest, etag = found
     folder = store.folder(batch_id, s.failed_prefix)
     container = clients.container
 
-    def restore(entry: FileEntry) -> str | None:
-        target = s.incoming_prefix + entry.name
-        if not move_blob(container, folder + entry.blob, target):
-            return None  # already restored by an earlier run
-        return target
+    def restore(entry: FileEntry) -> Restore:
+        return restore_blob(container, folder + entry.blob, s.incoming_prefix + entry.name)
 
     results = clients.runner.map(restore, manifest.files)
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -196,10 +225,47 @@ def retry_failed(clients: Clients, batch_id: str) -> list[str]:
         raise RuntimeError(
             f"batch {batch_id}: {len(failures)} input(s) not restored: {failures[0]}"
         )
-    restored = [r for r in results if isinstance(r, str)]
-    manifest.reason = (manifest.reason or "") + f" [retried {iso(utcnow())}]"
-    store.update(manifest, etag, s.failed_prefix)
+    restored = [
+        s.incoming_prefix + e.name
+        for e, r in zip(manifest.files, results, strict=True)
+        if r is Restore.RESTORED
+    ]
+    kept = [
+        {
+            "file": s.incoming_prefix + e.name,
+            "kept_at": folder + e.blob,
+            "reason": "a file of that name is in incoming/ (dropped since); not overwritten",
+        }
+        for e, r in zip(manifest.files, results, strict=True)
+        if r is Restore.EXISTS
+    ]
+    already = sum(1 for r in results if r is Restore.MISSING)
+    now = iso(clients.clock.now())
+    if restored or kept or manifest.retried is None:
+        previous = manifest.retried or {}
+        manifest.retried = {
+            "first_at": previous.get("first_at") or now,
+            "last_at": now,
+            "restored": sorted(set(previous.get("restored") or []) | set(restored)),
+            "kept": [k["file"] for k in kept],
+        }
+        try:
+            store.update(manifest, etag, s.failed_prefix)
+        except ManifestConflict:
+            logger.warning("batch %s: retried concurrently; its record is the other's", batch_id)
+    for k in kept:
+        logger.warning(
+            "batch %s: %s exists in incoming/: its failed input stays at %s",
+            batch_id,
+            k["file"],
+            k["kept_at"],
+        )
     logger.info(
-        "batch %s: %s input(s) put back into %s", batch_id, len(restored), s.incoming_prefix
+        "batch %s: %s input(s) put back into %s, %s kept, %s restored earlier",
+        batch_id,
+        len(restored),
+        s.incoming_prefix,
+        len(kept),
+        already,
     )
-    return restored
+    return {"batch": batch_id, "restored": restored, "kept": kept, "restored_earlier": already}

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.core.exceptions import ResourceExistsError
 from azure.mgmt.containerinstance.models import ContainerGroup
 
 from launcher import poll as launcher_poll
@@ -35,14 +36,16 @@ from launcher.batch import (
     BatchRef,
     Manifest,
     ManifestConflict,
+    ManifestUnreadable,
+    Quarantined,
     State,
     iso,
     parse_iso,
-    utcnow,
 )
-from launcher.blobs import LeaseLock, move_blob
+from launcher.blobs import LeaseLock, delete_quietly, move_blob
 from launcher.clients import Clients
 from launcher.launch import CONTAINER_NAME
+from launcher.poll import log_quarantined
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class SweepReport:
     kept: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     handed_back: list[str] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)
+    left_alone: list[str] = field(default_factory=list)  # groups of quarantined batches
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
@@ -94,9 +99,11 @@ def _timestamp(value: Any) -> datetime | None:
     return None
 
 
-def classify(group: ContainerGroup, created: float | None, timeout_minutes: float) -> Status:
-    """Read a group's state the way ACI reports it (restart policy Never)."""
-    now = utcnow()
+def classify(
+    group: ContainerGroup, created: float | None, timeout_minutes: float, now: datetime
+) -> Status:
+    """Read a group's state the way ACI reports it (restart policy Never). `now` is storage's
+    time (see launcher.clock), comparable with ACI's start times and our creation tags."""
     if (group.provisioning_state or "").lower() == "failed":
         return Status("provisioning-failed", reason=_events_reason(group) or "provisioning failed")
     container = group.containers[0] if group.containers else None
@@ -161,6 +168,12 @@ class Sweep:
             self.report.errors.append(f"delete {name}: {exc.code}")
             logger.warning("janitor: could not delete %s yet: %s", name, exc)
 
+    def _quarantine(self, q: Quarantined) -> None:
+        if any(x["batch"] == q.batch_id for x in self.report.quarantined):
+            return
+        self.report.quarantined.append(q.to_dict())
+        log_quarantined(q)
+
     def _keep_group(self, name: str) -> None:
         if not self._act(f"keep failed group {name} for inspection (KEEP_FAILED_GROUPS)"):
             return
@@ -184,10 +197,11 @@ class Sweep:
         rec.outcome = status.kind
         rec.exit_code = status.exit_code
         rec.reason = status.reason
+        now = self.clients.clock.now()
         rec.started_at = iso(status.started_at) or rec.started_at
-        rec.finished_at = iso(status.finished_at or utcnow())
+        rec.finished_at = iso(status.finished_at or now)
         begin = status.started_at or parse_iso(rec.launched_at)
-        end = status.finished_at or utcnow()
+        end = status.finished_at or now
         rec.duration_seconds = round((end - begin).total_seconds(), 1) if begin else None
         if status.kind != "vanished":
             rec.logs = f"{LOGS_DIR}/attempt-{manifest.attempt}.log"
@@ -233,9 +247,12 @@ class Sweep:
             self.clients.hook.stop(group)
         if rec.logs:
             folder = store.folder(batch_id)
-            self.clients.container.upload_blob(
-                folder + rec.logs, logs.encode("utf-8", "replace"), overwrite=True
-            )
+            try:  # create-only: a log saved by an earlier (crashed) finalize of it is kept
+                self.clients.container.upload_blob(
+                    folder + rec.logs, logs.encode("utf-8", "replace"), overwrite=False
+                )
+            except ResourceExistsError:
+                pass
         try:
             etag = store.update(manifest, etag)
         except ManifestConflict:
@@ -258,10 +275,14 @@ class Sweep:
             else:
                 self._delete_group(group, f"attempt {manifest.attempt} {status.kind}")
         if manifest.state is State.FINISHING:
-            self.finish(manifest)
+            self.finish(manifest, etag)
 
-    def finish(self, manifest: Manifest) -> None:
-        """Move a `finishing` batch to done/ or failed/ (idempotent, resumable)."""
+    def finish(self, manifest: Manifest, etag: str) -> None:
+        """Move a `finishing` batch to done/ or failed/ (idempotent, resumable).
+
+        Fenced like every batch write: the final manifest is created only if none is there yet
+        (a crashed or concurrent finish of this batch already wrote it), and the manifest in
+        processing/ is deleted only if it is still the `finishing` version this sweep read."""
         s, store = self.s, self.clients.store
         target_prefix = s.done_prefix if manifest.target == "done" else s.failed_prefix
         if not self._act(f"move batch {manifest.batch_id} to {target_prefix}"):
@@ -269,15 +290,21 @@ class Sweep:
         source_folder = store.folder(manifest.batch_id)
         target_folder = store.folder(manifest.batch_id, target_prefix)
         manifest_path = store.path(manifest.batch_id)
+        discarded = {source_folder + name for name in manifest.discarded}
         names = [
             b.name
             for b in self.clients.container.list_blobs(name_starts_with=source_folder)
             if b.name != manifest_path
         ]
-        results = self.clients.runner.map(
-            lambda n: move_blob(self.clients.container, n, target_folder + n[len(source_folder) :]),
-            names,
-        )
+
+        def move(name: str) -> bool:
+            if name in discarded:  # a copy of a file the claim dropped: not part of the batch
+                return delete_quietly(self.clients.container, name)
+            return move_blob(
+                self.clients.container, name, target_folder + name[len(source_folder) :]
+            )
+
+        results = self.clients.runner.map(move, names)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             self.report.errors.append(
@@ -285,9 +312,12 @@ class Sweep:
             )
             return
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
-        manifest.finished_at = iso(utcnow())
-        store.put(manifest, target_prefix)
-        store.delete(manifest.batch_id)
+        manifest.finished_at = iso(self.clients.clock.now())
+        store.put_final(manifest, target_prefix)
+        try:
+            store.delete(manifest.batch_id, etag)
+        except ManifestConflict:
+            self.report.errors.append(f"batch {manifest.batch_id}: manifest changed during finish")
 
     # -- the sweep -----------------------------------------------------------------------------
 
@@ -297,7 +327,7 @@ class Sweep:
         status = (
             Status("vanished", reason="container group disappeared")
             if group is None
-            else classify(group, g.created, self.s.job_timeout_minutes)
+            else classify(group, g.created, self.s.job_timeout_minutes, self.clients.clock.now())
         )
         if not status.terminal:
             self.report.running.append(g.name)
@@ -308,13 +338,14 @@ class Sweep:
         """A `launched` batch whose group is not in the list: confirm with a GET (the list may
         lag behind a fresh create) and only after a grace period, then count it as a failed
         attempt."""
+        # Age by storage's clock and the manifest's Last-Modified (its launch write), so a host
+        # clock ahead never declares a fresh group vanished.
+        if self.clients.clock.now() - ref.last_modified < timedelta(seconds=VANISH_GRACE_SECONDS):
+            return
         found = self.clients.store.read(ref.batch_id)
         if found is None or found[0].state is not State.LAUNCHED or not found[0].group:
             return
         manifest = found[0]
-        launched = parse_iso(manifest.launched_at)
-        if launched and utcnow() - launched < timedelta(seconds=VANISH_GRACE_SECONDS):
-            return
         if self.clients.hook.get(manifest.group or "") is not None:
             return
         self.finalize_attempt(
@@ -323,13 +354,20 @@ class Sweep:
             Status("vanished", reason="container group disappeared"),
         )
 
-    def plan(self, groups: list[GroupInfo], refs: list[BatchRef]) -> None:
+    def plan(
+        self, groups: list[GroupInfo], refs: list[BatchRef], quarantined: list[Quarantined]
+    ) -> None:
         s = self.s
         by_batch = {r.batch_id: r for r in refs}
-        now = time.time()
+        poisoned = {q.batch_id for q in quarantined}
+        now = self.clients.clock.timestamp()
         inspect: list[GroupInfo] = []
         current: set[tuple[str, int]] = set()
         for g in groups:
+            if g.batch_id in poisoned:
+                # Its batch cannot be read: neither finished nor deleted blindly.
+                self.report.left_alone.append(g.name)
+                continue
             ref = by_batch.get(g.batch_id or "")
             if ref is None:
                 age = now - (g.created or 0)
@@ -349,30 +387,43 @@ class Sweep:
             r for r in refs if r.state is State.LAUNCHED and (r.batch_id, r.attempt) not in current
         ]
         with ThreadPoolExecutor(max_workers=SWEEP_CONCURRENCY, thread_name_prefix="sweep") as pool:
-            futures = [pool.submit(self.inspect, g) for g in inspect]
-            futures += [pool.submit(self.check_vanished, r) for r in vanished]
-            futures += [
-                pool.submit(self._finish_ref, r) for r in refs if r.state is State.FINISHING
+            futures: list[tuple[str, str | None, Future[None]]] = [
+                (g.batch_id or "?", g.name, pool.submit(self.inspect, g)) for g in inspect
             ]
-            for fut in futures:
+            futures += [
+                (r.batch_id, r.group, pool.submit(self.check_vanished, r)) for r in vanished
+            ]
+            futures += [
+                (r.batch_id, None, pool.submit(self._finish_ref, r))
+                for r in refs
+                if r.state is State.FINISHING
+            ]
+            for batch_id, group, fut in futures:
                 try:
                     fut.result()
+                except ManifestUnreadable as exc:
+                    # Found unreadable when its outcome was to be recorded: nothing recorded,
+                    # and its group (terminated or not) neither deleted nor relaunched.
+                    self._quarantine(Quarantined(batch_id, exc.reason))
+                    if group:
+                        self.report.left_alone.append(group)
                 except Exception as exc:
-                    logger.exception("janitor: step failed")
-                    self.report.errors.append(f"{type(exc).__name__}: {exc}")
+                    logger.exception("janitor: batch %s: step failed", batch_id)
+                    self.report.errors.append(f"batch {batch_id}: {type(exc).__name__}: {exc}")
 
     def _finish_ref(self, ref: BatchRef) -> None:
         found = self.clients.store.read(ref.batch_id)
         if found and found[0].state is State.FINISHING:
-            self.finish(found[0])
+            self.finish(*found)
 
     def hand_back(self) -> None:
         """Batches waiting for a (re)launch or left `claiming` go back to the launch step,
         which runs under the poll lease; if a poll holds it, that poll or a later sweep will."""
-        stuck_before = utcnow() - timedelta(seconds=self.s.stuck_claim_seconds)
+        stuck_before = self.clients.clock.now() - timedelta(seconds=self.s.stuck_claim_seconds)
+        refs, _ = self.clients.store.triage(self.clients.store.list_refs())
         waiting = [
             r.batch_id
-            for r in self.clients.store.list_refs()
+            for r in refs
             if r.state is State.CLAIMED
             or (r.state is State.CLAIMING and r.last_modified <= stuck_before)
         ]
@@ -381,10 +432,15 @@ class Sweep:
         tick = launcher_poll.recover(self.clients)
         self.report.handed_back = [x["batch_id"] for x in tick.launched if x["launched"]]
         self.report.errors += tick.errors
+        known = {q["batch"] for q in self.report.quarantined}
+        self.report.quarantined += [q for q in tick.quarantined if q["batch"] not in known]
 
-    def _work(self, groups: list[GroupInfo], refs: list[BatchRef]) -> None:
-        self.report.groups_seen, self.report.batches_seen = len(groups), len(refs)
-        self.plan(groups, refs)
+    def _work(self, groups: list[GroupInfo], listed: list[BatchRef]) -> None:
+        refs, quarantined = self.clients.store.triage(listed)
+        for q in quarantined:
+            self._quarantine(q)
+        self.report.groups_seen, self.report.batches_seen = len(groups), len(listed)
+        self.plan(groups, refs, quarantined)
         self.hand_back()
 
     def run(self) -> SweepReport:
@@ -408,13 +464,6 @@ class Sweep:
             self._work(
                 [g for g in hook.list_groups() if g.batch_id and not g.kept], store.list_refs()
             )
-        return self.report
-        with lease:
-            groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
-            refs = store.list_refs()
-            self.report.groups_seen, self.report.batches_seen = len(groups), len(refs)
-            self.plan(groups, refs)
-            self.hand_back()
         return self.report
 
 

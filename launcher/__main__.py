@@ -9,6 +9,7 @@ import sys
 
 from config import ConfigError, get_settings
 from launcher.clients import get_clients
+from launcher.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, explain
 from launcher.poll import poll, recover
 
 logger = logging.getLogger("launcher")
@@ -33,13 +34,20 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.command == "check-config":
         print("configuration is valid")
         return 0
     clients = get_clients(settings)
-    report = poll(clients) if args.command == "poll" else recover(clients)
-    print(json.dumps(report.to_dict(), indent=2, default=str))
+    try:
+        report = poll(clients) if args.command == "poll" else recover(clients)
+    except Exception as exc:
+        problem = explain(exc, settings)
+        if problem is None:
+            raise
+        print(f"error: {problem.message}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    print(json.dumps(report.to_dict(), indent=2, default=str, ensure_ascii=False))
     return 1 if report.errors else 0
 
 

@@ -183,7 +183,10 @@ class AciHook:
         def put() -> None:
             self.client.container_groups.begin_create_or_update(self.rg, name, group, polling=False)
 
-        self._call(put)
+        try:
+            self._call(put)
+        except ResourceNotFoundError as exc:  # e.g. ResourceGroupNotFound: record it, go on
+            raise AciError(_error_code(exc), exc.message or str(exc), exc.status_code) from exc
 
     def get(self, name: str) -> ContainerGroup | None:
         try:

@@ -37,7 +37,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from config import Settings
-from launcher.blobs import delete_quietly
+from launcher.clock import ServerClock
 
 MANIFEST_NAME = "_batch.json"
 LOGS_DIR = "_logs"
@@ -145,6 +145,12 @@ class Manifest:
     target: str | None = None  # "done" or "failed" while finishing
     reason: str | None = None
     finished_at: str | None = None
+    # Copies in the batch folder that are not part of the batch (their file was dropped during
+    # the claim): deleted once this manifest version is written, and never moved to done/.
+    discarded: list[str] = field(default_factory=list)
+    # How often recovery took over this claim from a tick that crashed or stalled.
+    takeovers: int = 0
+    retried: dict[str, Any] | None = None  # set by `cleanup retry`: when, and what was restored
     rev: str = ""
     version: int = 1
 
@@ -152,14 +158,41 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False).encode("utf-8")
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Manifest:
-        raw: dict[str, Any] = json.loads(data)
+    def from_bytes(cls, data: bytes, batch_id: str | None = None) -> Manifest:
+        """Parse and check a manifest; anything else raises ManifestUnreadable with the reason
+        (an operator's editor may truncate one; a tool may write valid JSON of another shape)."""
+        where = batch_id or "?"
+        try:
+            raw = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestUnreadable(where, f"not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise ManifestUnreadable(where, f"a JSON {type(raw).__name__}, not an object")
+        missing = [k for k in ("batch_id", "state", "created", "updated") if k not in raw]
+        if missing:
+            raise ManifestUnreadable(where, f"missing field(s): {', '.join(missing)}")
         known = set(cls.__dataclass_fields__)
         raw = {k: v for k, v in raw.items() if k in known}
-        raw["state"] = State(raw["state"])
-        raw["files"] = [FileEntry(**f) for f in raw.get("files", [])]
-        raw["attempts"] = [Attempt(**a) for a in raw.get("attempts", [])]
-        return cls(**raw)
+        try:
+            raw["state"] = State(raw["state"])
+            raw["files"] = [FileEntry(**f) for f in raw.get("files") or []]
+            raw["attempts"] = [Attempt(**a) for a in raw.get("attempts") or []]
+            manifest = cls(**raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ManifestUnreadable(where, f"unexpected shape ({exc})") from None
+        bad = [
+            f
+            for f in manifest.files
+            if not all(isinstance(v, str) for v in (f.source, f.name, f.blob, f.etag))
+            or not isinstance(f.size, int)
+        ]
+        if bad or not isinstance(manifest.batch_id, str) or not isinstance(manifest.attempt, int):
+            raise ManifestUnreadable(where, "unexpected shape (wrong field types)")
+        if batch_id is not None and manifest.batch_id != batch_id:
+            raise ManifestUnreadable(
+                where, f"names batch {manifest.batch_id!r}, not its folder's {batch_id!r}"
+            )
+        return manifest
 
     def current_attempt(self) -> Attempt | None:
         for rec in reversed(self.attempts):
@@ -173,7 +206,11 @@ class Manifest:
 
 @dataclass(frozen=True)
 class BatchRef:
-    """What one List Blobs call with metadata tells about a batch, without reading it."""
+    """What one List Blobs call with metadata tells about a batch, without reading it.
+
+    `state` is None when the manifest's metadata is missing or unknown (a manifest written by
+    hand or by another tool) or when the folder has no manifest at all (`has_manifest` False):
+    `ManifestStore.triage` sorts those out."""
 
     batch_id: str
     prefix: str
@@ -181,19 +218,47 @@ class BatchRef:
     attempt: int
     group: str | None
     last_modified: datetime
+    etag: str = ""
+    has_manifest: bool = True
+    blobs: int = 0  # blobs in the folder besides the manifest
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A batch no loop may act on: its manifest cannot be read, or it has none. Its files are
+    kept where they are; docs/operations.md ("Quarantined batches") says how to repair or
+    release it."""
+
+    batch_id: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"batch": self.batch_id, "reason": self.reason}
 
 
 class ManifestConflict(RuntimeError):
     """Somebody else changed the manifest since we read it."""
 
 
+class ManifestUnreadable(ValueError):
+    """A manifest that is not valid JSON of the manifest's shape."""
+
+    def __init__(self, batch_id: str, reason: str) -> None:
+        super().__init__(f"batch {batch_id}: manifest unreadable: {reason}")
+        self.batch_id = batch_id
+        self.reason = reason
+
+
 class ManifestStore:
     """Reads and writes manifests with optimistic concurrency (etag) and a per-write `rev`
     token, so a retried write whose first attempt landed is recognised as ours."""
 
-    def __init__(self, container: ContainerClient, settings: Settings) -> None:
+    def __init__(
+        self, container: ContainerClient, settings: Settings, clock: ServerClock | None = None
+    ) -> None:
         self.container = container
         self.settings = settings
+        self.clock = clock or ServerClock()
 
     def folder(self, batch_id: str, prefix: str | None = None) -> str:
         return f"{prefix or self.settings.processing_prefix}{batch_id}/"
@@ -206,7 +271,7 @@ class ManifestStore:
         return {"mlstate": m.state.value, "mlattempt": str(m.attempt), "mlgroup": m.group or ""}
 
     def _upload(self, m: Manifest, name: str, **conditions: Any) -> str:
-        m.updated = iso(utcnow()) or ""
+        m.updated = iso(self.clock.now()) or ""
         m.rev = uuid.uuid4().hex
         result = self.container.get_blob_client(name).upload_blob(
             m.to_bytes(),
@@ -227,9 +292,14 @@ class ManifestStore:
                 return found[1]
             raise
 
-    def put(self, m: Manifest, prefix: str) -> str:
-        """Unconditional write, used for the final manifest under done/ or failed/."""
-        return self._upload(m, self.path(m.batch_id, prefix), overwrite=True)
+    def put_final(self, m: Manifest, prefix: str) -> str | None:
+        """Create-only write of the final manifest under done/ or failed/. A manifest already
+        there is the one an earlier (crashed or concurrent) finish of this batch wrote: it is
+        kept, and None is returned."""
+        try:
+            return self._upload(m, self.path(m.batch_id, prefix), overwrite=False)
+        except ResourceExistsError:
+            return None
 
     def update(self, m: Manifest, etag: str, prefix: str | None = None) -> str:
         """Write if unchanged since `etag`; raise ManifestConflict otherwise."""
@@ -252,38 +322,94 @@ class ManifestStore:
             raise
 
     def read(self, batch_id: str, prefix: str | None = None) -> tuple[Manifest, str] | None:
+        """The manifest and its etag; None if there is none. Raises ManifestUnreadable."""
         try:
             downloader = self.container.get_blob_client(self.path(batch_id, prefix)).download_blob()
         except ResourceNotFoundError:
             return None
         data = downloader.readall()
-        return Manifest.from_bytes(data), str(downloader.properties.etag)
+        return Manifest.from_bytes(data, batch_id), str(downloader.properties.etag)
 
-    def delete(self, batch_id: str, prefix: str | None = None) -> None:
-        delete_quietly(self.container, self.path(batch_id, prefix))
+    def delete(self, batch_id: str, etag: str, prefix: str | None = None) -> bool:
+        """Delete the manifest only if it is still the version `etag`. True if deleted (or
+        already gone); raises ManifestConflict if somebody else changed it meanwhile."""
+        blob = self.container.get_blob_client(self.path(batch_id, prefix))
+        try:
+            blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceNotFoundError:
+            return False
+        except (ResourceModifiedError, HttpResponseError) as exc:
+            if isinstance(exc, ResourceModifiedError) or exc.status_code == 412:
+                raise ManifestConflict(f"manifest of batch {batch_id} changed under us") from exc
+            raise
+        return True
+
+    def triage(self, refs: list[BatchRef]) -> tuple[list[BatchRef], list[Quarantined]]:
+        """Give every ref a state: a manifest without (known) metadata is read for it; one that
+        cannot be read, and a folder without a manifest, are quarantined. One read per such
+        batch; a healthy processing/ costs nothing here."""
+        good = [r for r in refs if r.state is not None]
+        quarantined: list[Quarantined] = []
+        for ref in refs:
+            if ref.state is not None:
+                continue
+            if not ref.has_manifest:
+                quarantined.append(
+                    Quarantined(ref.batch_id, f"no {MANIFEST_NAME}: {ref.blobs} blob(s) in folder")
+                )
+                continue
+            try:
+                found = self.read(ref.batch_id, ref.prefix)
+            except ManifestUnreadable as exc:
+                quarantined.append(Quarantined(ref.batch_id, exc.reason))
+                continue
+            if found is None:
+                continue  # finished or rolled back since the listing
+            m, etag = found
+            good.append(
+                BatchRef(
+                    ref.batch_id, ref.prefix, m.state, m.attempt, m.group, ref.last_modified, etag
+                )
+            )
+        return good, quarantined
 
     def list_refs(self, prefix: str | None = None) -> list[BatchRef]:
-        """Every batch under `prefix` (default processing/) from one listing with metadata."""
+        """Every batch under `prefix` (default processing/) from one listing with metadata,
+        including folders that hold blobs but no manifest (`has_manifest` False)."""
         base = prefix or self.settings.processing_prefix
-        refs = []
+        refs: dict[str, BatchRef] = {}
+        others: dict[str, tuple[int, datetime]] = {}
         for blob in self.container.list_blobs(name_starts_with=base, include=["metadata"]):
             rest = blob.name[len(base) :]
             batch_id, _, tail = rest.partition("/")
+            if not tail:
+                continue  # a blob directly under processing/ is not a batch
             if tail != MANIFEST_NAME:
+                count, newest = others.get(batch_id, (0, blob.last_modified))
+                others[batch_id] = (count + 1, max(newest, blob.last_modified))
                 continue
             meta = blob.metadata or {}
             try:
                 state: State | None = State(meta.get("mlstate", ""))
             except ValueError:
                 state = None
-            refs.append(
-                BatchRef(
-                    batch_id=batch_id,
-                    prefix=base,
-                    state=state,
-                    attempt=int(meta.get("mlattempt") or 0),
-                    group=meta.get("mlgroup") or None,
-                    last_modified=blob.last_modified,
-                )
+            try:
+                attempt = int(meta.get("mlattempt") or 0)
+            except ValueError:
+                attempt, state = 0, None
+            refs[batch_id] = BatchRef(
+                batch_id=batch_id,
+                prefix=base,
+                state=state,
+                attempt=attempt,
+                group=meta.get("mlgroup") or None,
+                last_modified=blob.last_modified,
+                etag=str(blob.etag),
             )
-        return refs
+        for batch_id, (count, newest) in others.items():
+            if batch_id in refs:
+                continue
+            refs[batch_id] = BatchRef(
+                batch_id, base, None, 0, None, newest, has_manifest=False, blobs=count
+            )
+        return sorted(refs.values(), key=lambda r: r.batch_id)

@@ -302,6 +302,56 @@ def move_blob(container: ContainerClient, source: str, dest: str) -> bool:
     return True
 
 
+class Restore(Enum):
+    RESTORED = "restored"
+    EXISTS = "exists"  # the destination holds another file: left alone
+    MISSING = "missing"  # the source is gone (restored by an earlier run)
+
+
+def restore_blob(container: ContainerClient, source: str, dest: str) -> Restore:
+    """Move an app-owned blob to a place users write to, never over what is there: the copy
+    is create-only (If-None-Match: *), so a file a user dropped under the same name wins and
+    the source stays. The source is deleted only after its copy landed, and only the version
+    that was copied."""
+    src = container.get_blob_client(source)
+    try:
+        props = src.get_blob_properties()
+    except ResourceNotFoundError:
+        return Restore.MISSING
+    dst = container.get_blob_client(dest)
+    try:
+        result = dst.start_copy_from_url(
+            src.url,
+            source_etag=props.etag,
+            source_match_condition=MatchConditions.IfNotModified,
+            match_condition=MatchConditions.IfMissing,  # If-None-Match: *
+        )
+    except ResourceExistsError:
+        return Restore.EXISTS
+    except ResourceNotFoundError:
+        return Restore.MISSING
+    except HttpResponseError as exc:
+        if exc.status_code in (409, 412) and _exists(dst):
+            return Restore.EXISTS
+        if exc.status_code == 404:
+            return Restore.MISSING
+        raise
+    _wait_for_copy(dst, result, source)
+    try:
+        src.delete_blob(etag=props.etag, match_condition=MatchConditions.IfNotModified)
+    except (ResourceNotFoundError, ResourceModifiedError):
+        pass  # removed or replaced meanwhile: the copy is in place either way
+    return Restore.RESTORED
+
+
+def _exists(blob: BlobClient) -> bool:
+    try:
+        blob.get_blob_properties()
+    except ResourceNotFoundError:
+        return False
+    return True
+
+
 def list_blobs(
     container: ContainerClient, prefix: str, include: list[str] | None = None
 ) -> Iterator[BlobProperties]:

@@ -41,7 +41,6 @@ from launcher.batch import (
     iso,
     new_batch_id,
     safe_relative_blob,
-    utcnow,
 )
 from launcher.blobs import (
     LeaseLock,
@@ -181,18 +180,32 @@ class FileClaim(Enum):
     SKIPPED = "skipped"  # never touched (lease lost before it started)
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A file's answer. `discard`: a copy of it may sit in the batch folder and must go, but
+    only after the manifest write that proves this claimer still owns the batch (see
+    `_finish`). `refused`: storage's error code when it refused to copy or delete the file."""
+
+    claim: FileClaim
+    discard: bool = False
+    refused: str | None = None
+
+
+OWNED = Settled(FileClaim.OWNED)
+
+
 def _copy_file(
     clients: Clients,
     entry: FileEntry,
     dest: str,
     lease: LeaseLock | None,
     recovering: bool,
-) -> FileClaim | None:
+) -> Settled | None:
     """Step 1 of a file's claim: copy exactly the listed version. None means "copied, now
     delete the source"; anything else is the file's final answer."""
     container = clients.container
     if lease is not None and lease.lost:
-        return FileClaim.SKIPPED
+        return Settled(FileClaim.SKIPPED)
     try:
         copied = copy_blob(container, entry.source, entry.etag, dest)
     except HttpResponseError as exc:
@@ -201,56 +214,53 @@ def _copy_file(
         # Recovery: a finished copy of a version that is no longer the one in incoming/ is
         # kept, as for CHANGED below; one of the version still there is not ours.
         if recovering and _copied(clients, dest) and not _unchanged(clients, entry):
-            return FileClaim.OWNED
-        return _refused(clients, entry, dest if recovering else None, exc)
+            return OWNED
+        return _refused(entry, exc, discard=recovering)
     if copied is Outcome.MISSING:
-        # Normal claim: the user (or another claimer) removed it first. Recovery: our crashed
-        # run may have deleted it after copying; the copy tells.
+        # Normal claim: the user removed it first. Recovery: the crashed (or stalled) claimer
+        # may have deleted it after copying; the copy tells.
         if recovering and _copied(clients, dest):
-            return FileClaim.OWNED
-        return FileClaim.DROPPED
+            return OWNED
+        return Settled(FileClaim.DROPPED, discard=recovering)
     if copied is Outcome.CHANGED:
-        # Recovery: our crashed run may have copied and deleted this version before the user
-        # dropped the same name again, or the user replaced it before that delete. Storage
+        # Recovery: the earlier claimer may have copied and deleted this version before the
+        # user dropped the same name again, or the user replaced it before that delete. Storage
         # cannot tell the two apart, so a finished copy of this version is kept: at worst a
         # version its user replaced is processed too; none is ever lost.
         if recovering and _copied(clients, dest):
-            return FileClaim.OWNED
+            return OWNED
         logger.info("file %r changed during claim: left for the next tick", entry.source)
-        return FileClaim.DROPPED
+        return Settled(FileClaim.DROPPED, discard=recovering)
     return None
 
 
-def _after_delete(
-    clients: Clients, entry: FileEntry, dest: str, deleted: Outcome | BaseException
-) -> FileClaim:
-    """Step 2: the conditional delete of the source decides whether the file is ours."""
+def _after_delete(entry: FileEntry, deleted: Outcome | BaseException, recovering: bool) -> Settled:
+    """Step 2: the conditional delete of the source decides whether the file is ours.
+
+    A live claim that finds the source changed or gone after its copy drops the file: the user
+    replaced or removed it. Recovery keeps it instead: its copy is complete, and the source may
+    have been deleted by the claimer it took over from (whose delete was still in flight), so
+    dropping could lose the only copy; keeping at worst processes a version its user replaced."""
     if isinstance(deleted, HttpResponseError) and is_refusal(deleted):
-        return _refused(clients, entry, dest, deleted)
+        return _refused(entry, deleted, discard=True)
     if isinstance(deleted, BaseException):
         raise deleted
-    if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE):
-        return FileClaim.OWNED
-    # Overwritten after our copy (stays in incoming) or deleted by somebody else: not ours.
+    if deleted in (Outcome.DONE, Outcome.AMBIGUOUS_DONE) or recovering:
+        return OWNED
     logger.info("file %r %s before its delete: dropped", entry.source, deleted.value)
-    delete_quietly(clients.container, dest)
-    return FileClaim.DROPPED
+    return Settled(FileClaim.DROPPED, discard=True)
 
 
-def _refused(
-    clients: Clients, entry: FileEntry, copy: str | None, exc: HttpResponseError
-) -> FileClaim:
+def _refused(entry: FileEntry, exc: HttpResponseError, discard: bool) -> Settled:
     """Storage refused to copy or delete the file (archive tier, a lease held by somebody else,
-    no permission): it stays in incoming/ untouched and the batch goes on without it, instead
-    of the whole batch waiting in `claiming` for a file that cannot move."""
+    immutability, no permission): it stays in incoming/ untouched and the batch goes on without
+    it, instead of the whole batch waiting in `claiming` for a file that cannot move."""
     code = getattr(exc, "error_code", None) or exc.status_code
-    code = getattr(code, "value", code)
+    code = str(getattr(code, "value", code))
     logger.warning(
         "file %r cannot be claimed: storage refused (%s); left in incoming", entry.source, code
     )
-    if copy is not None:
-        delete_quietly(clients.container, copy)
-    return FileClaim.DROPPED
+    return Settled(FileClaim.DROPPED, discard=discard, refused=code)
 
 
 def _unchanged(clients: Clients, entry: FileEntry) -> bool:
@@ -279,6 +289,7 @@ class ClaimResult:
     dropped: int = 0
     skipped: int = 0
     errors: int = 0
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)  # source -> (etag, code)
 
 
 # Conditional deletes per Blob Batch request. The copy task that fills a chunk sends it, so
@@ -292,11 +303,11 @@ class _DeleteStream:
     copy task that completes a chunk (so they do not queue behind the remaining copies in the
     pool), and the remainder by `flush` once every copy is done."""
 
-    def __init__(self, clients: Clients, manifest: Manifest, folder: str) -> None:
+    def __init__(self, clients: Clients, manifest: Manifest, recovering: bool) -> None:
         self.clients = clients
         self.files = manifest.files
-        self.folder = folder
-        self.results: dict[int, FileClaim | BaseException] = {}
+        self.recovering = recovering
+        self.results: dict[int, Settled | BaseException] = {}
         self._pending: list[int] = []
         self._lock = threading.Lock()
 
@@ -322,14 +333,23 @@ class _DeleteStream:
         except Exception as exc:  # e.g. a malformed batch answer: every delete is uncertain
             outcomes = [exc] * len(chunk)
         for i, deleted in zip(chunk, outcomes, strict=True):
-            entry = self.files[i]
-            result: FileClaim | BaseException
+            result: Settled | BaseException
             try:
-                result = _after_delete(self.clients, entry, self.folder + entry.blob, deleted)
+                result = _after_delete(self.files[i], deleted, self.recovering)
             except Exception as exc:
                 result = exc
             with self._lock:
                 self.results[i] = result
+
+
+@dataclass
+class _Settlement:
+    owned: list[FileEntry] = field(default_factory=list)
+    dropped: int = 0
+    skipped: int = 0
+    errors: int = 0
+    discard: list[str] = field(default_factory=list)  # blob names relative to the batch folder
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _settle_files(
@@ -337,13 +357,14 @@ def _settle_files(
     manifest: Manifest,
     lease: LeaseLock | None,
     recovering: bool,
-) -> tuple[list[FileEntry], int, int, int]:
+) -> _Settlement:
     """Copy every file concurrently; delete the copied sources in Blob Batch requests as the
-    copies land (see `_DeleteStream`): about one request per file instead of two."""
+    copies land (see `_DeleteStream`): about one request per file instead of two. Nothing here
+    deletes a copy: that waits for the manifest write in `_finish`."""
     folder = clients.store.folder(manifest.batch_id)
-    deletes = _DeleteStream(clients, manifest, folder)
+    deletes = _DeleteStream(clients, manifest, recovering)
 
-    def copy(index: int) -> FileClaim | None:
+    def copy(index: int) -> Settled | None:
         entry = manifest.files[index]
         result = _copy_file(clients, entry, folder + entry.blob, lease, recovering)
         if result is None:
@@ -352,41 +373,77 @@ def _settle_files(
 
     copied = clients.runner.map(copy, range(len(manifest.files)))
     deletes.flush()
-    owned, dropped, skipped, errors = [], 0, 0, 0
+    out = _Settlement()
     for index, (entry, first) in enumerate(zip(manifest.files, copied, strict=True)):
         res = deletes.results.get(index) if first is None else first
         if isinstance(res, BaseException) or res is None:
             logger.warning("batch %s: claim of %r failed: %s", manifest.batch_id, entry.source, res)
-            errors += 1
-        elif res is FileClaim.OWNED:
-            owned.append(entry)
-        elif res is FileClaim.DROPPED:
-            dropped += 1
+            out.errors += 1
+            continue
+        if res.discard:
+            out.discard.append(entry.blob)
+        if res.refused:
+            out.refused[entry.source] = (entry.etag, res.refused)
+        if res.claim is FileClaim.OWNED:
+            out.owned.append(entry)
+        elif res.claim is FileClaim.DROPPED:
+            out.dropped += 1
         else:
-            skipped += 1
-    return owned, dropped, skipped, errors
+            out.skipped += 1
+    return out
 
 
-def _finish(
-    clients: Clients, manifest: Manifest, etag: str, owned: list[FileEntry], errors: int
-) -> str | None:
-    """Record the owned files: `claimed`, or roll back an empty batch. With errors the batch is
-    left `claiming` so recovery settles the uncertain files later."""
-    if errors:
+def _discard(clients: Clients, manifest: Manifest) -> bool:
+    """Delete the copies the manifest lists as discarded. True if none is left."""
+    folder = clients.store.folder(manifest.batch_id)
+    results = clients.runner.map(
+        lambda name: delete_quietly(clients.container, folder + name), manifest.discarded
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        logger.warning(
+            "batch %s: %s discarded copy(ies) not deleted yet: %s",
+            manifest.batch_id,
+            len(failed),
+            failed[0],
+        )
+    return not failed
+
+
+def _finish(clients: Clients, manifest: Manifest, etag: str, settled: _Settlement) -> str | None:
+    """Record the owned files (`claimed`), or roll back an empty batch; with errors the batch
+    is left `claiming` for recovery. Returns the new etag, or None.
+
+    The fence: every write here is conditional on the manifest version this claimer last
+    wrote, and copies are deleted only after such a write succeeded. A claimer that stalled
+    while recovery took its batch over (recovery's first act is a manifest write) fails that
+    condition with ManifestConflict and changes nothing; so does a recovery overtaken by
+    another. Raises ManifestConflict."""
+    if settled.errors:
         return None
-    manifest.files = owned
-    if not owned:
-        clients.store.delete(manifest.batch_id)
-        logger.info("batch %s: nothing left to claim, rolled back", manifest.batch_id)
-        return None
-    manifest.state = State.CLAIMED
-    return clients.store.update(manifest, etag)
+    manifest.files = settled.owned
+    manifest.discarded = sorted(set(manifest.discarded) | set(settled.discard))
+    if settled.owned:
+        manifest.state = State.CLAIMED
+        etag = clients.store.update(manifest, etag)
+        if manifest.discarded:
+            _discard(clients, manifest)
+        return etag
+    if manifest.discarded:
+        # Written first, so that a crash before the manifest is gone leaves a batch whose
+        # recovery has nothing to claim and still knows which copies to delete.
+        etag = clients.store.update(manifest, etag)
+        if not _discard(clients, manifest):
+            return None
+    clients.store.delete(manifest.batch_id, etag)
+    logger.info("batch %s: nothing left to claim, rolled back", manifest.batch_id)
+    return None
 
 
 def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     """Claim one planned batch. The caller holds the poll lease."""
     s = clients.settings
-    now = utcnow()
+    now = clients.clock.now()
     batch_id = new_batch_id(now)
     entries = [
         FileEntry(
@@ -415,52 +472,82 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     # on one file. If the lease is already gone, a new holder may have listed processing/
     # before this manifest existed: nothing has been touched yet, so the batch is rolled back.
     if not lease.confirm():
-        clients.store.delete(batch_id)
-        logger.warning("batch %s: poll lease lost before the first copy: rolled back", batch_id)
+        try:
+            clients.store.delete(batch_id, etag)
+            logger.warning("batch %s: poll lease lost before the first copy: rolled back", batch_id)
+        except ManifestConflict:
+            logger.warning("batch %s: poll lease lost; recovery has taken the batch", batch_id)
         return ClaimResult(None, None, skipped=len(entries))
-    owned, dropped, skipped, errors = _settle_files(clients, manifest, lease, recovering=False)
+    settled = _settle_files(clients, manifest, lease, recovering=False)
     try:
-        new_etag = _finish(clients, manifest, etag, owned, errors)
+        new_etag = _finish(clients, manifest, etag, settled)
     except ManifestConflict:
-        logger.warning("batch %s: manifest changed during claim; left to recovery", batch_id)
-        new_etag = None
-    if errors:
+        # Recovery took this batch over while we stalled (or lost the lease): it owns every
+        # file now, and we touch nothing more.
         logger.warning(
-            "batch %s: %s file(s) uncertain; left claiming for recovery", batch_id, errors
+            "batch %s: taken over by recovery during the claim; leaving it to it", batch_id
+        )
+        new_etag = None
+    if settled.errors:
+        logger.warning(
+            "batch %s: %s file(s) uncertain; left claiming for recovery", batch_id, settled.errors
         )
     result = ClaimResult(
-        manifest if new_etag else None, new_etag, len(owned), dropped, skipped, errors
+        manifest if new_etag else None,
+        new_etag,
+        len(settled.owned),
+        settled.dropped,
+        settled.skipped,
+        settled.errors,
+        settled.refused,
     )
     if new_etag:
         logger.info(
             "batch %s: claimed %s file(s) (%s dropped, %s skipped)",
             batch_id,
-            len(owned),
-            dropped,
-            skipped,
+            len(settled.owned),
+            settled.dropped,
+            settled.skipped,
         )
     return result
 
 
-def resolve_claiming(clients: Clients, batch_id: str) -> tuple[Manifest, str] | None:
-    """Finish a batch a crashed tick left in `claiming`. Returns the `claimed` manifest, or None
-    if nothing was left (rolled back) or it could not be settled yet."""
+def resolve_claiming(
+    clients: Clients, batch_id: str, seen_etag: str | None = None
+) -> tuple[Manifest, str] | None:
+    """Finish a batch a crashed or stalled tick left in `claiming`. Returns the `claimed`
+    manifest, or None if nothing was left (rolled back), it could not be settled yet, or
+    somebody else moved it on.
+
+    `seen_etag` is the manifest version whose age made the caller call it stuck: a manifest
+    changed since is not stuck. Recovery first takes the batch over with a conditional manifest
+    write, before touching any file: from then on the claimer it replaces can no longer record
+    or roll back anything (its writes are conditional on the version it wrote), so the two
+    never both believe they own, or both abandon, a file. Raises ManifestUnreadable."""
     found = clients.store.read(batch_id)
     if found is None:
         return None
     manifest, etag = found
     if manifest.state is not State.CLAIMING:
         return found
-    owned, dropped, _skipped, errors = _settle_files(clients, manifest, None, recovering=True)
+    if seen_etag is not None and etag.strip('"') != seen_etag.strip('"'):
+        return None
+    manifest.takeovers += 1
+    try:
+        etag = clients.store.update(manifest, etag)
+    except ManifestConflict:
+        return None
+    settled = _settle_files(clients, manifest, None, recovering=True)
     logger.info(
         "batch %s: recovered claim: %s owned, %s dropped, %s uncertain",
         batch_id,
-        len(owned),
-        dropped,
-        errors,
+        len(settled.owned),
+        settled.dropped,
+        settled.errors,
     )
     try:
-        new_etag = _finish(clients, manifest, etag, owned, errors)
+        new_etag = _finish(clients, manifest, etag, settled)
     except ManifestConflict:
+        logger.warning("batch %s: recovery overtaken by another; leaving it to that", batch_id)
         return None
     return (manifest, new_etag) if new_etag else None

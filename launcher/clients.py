@@ -30,6 +30,7 @@ from config import DEFAULT_ARM_ENDPOINT, Settings
 from launcher.aci import AciHook
 from launcher.batch import ManifestStore
 from launcher.blobs import THROTTLED_HEADER, ConcurrentRunner
+from launcher.clock import ServerClock
 
 MAX_THROTTLE_SLEEP = 5.0
 # Storage retries wait about 0.5, 2.5, 4.5, 8.5, 16.5 s (+-1 s jitter) instead of the SDK's
@@ -118,6 +119,7 @@ class Clients:
     credential: TokenCredential | None
     store: ManifestStore
     hook: AciHook
+    clock: ServerClock
 
 
 _lock = threading.Lock()
@@ -133,10 +135,11 @@ def build_clients(
     benchmark count real HTTP requests with them)."""
     pool = settings.io_concurrency + 8
     identity: TokenCredential | None = None
+    clock = ServerClock()
     storage_kwargs: dict[str, Any] = {
         "transport": _transport(pool),
         # The storage SDK's name for extra per-retry policies.
-        "_additional_pipeline_policies": [ThrottleAsServerBusy(), *storage_policies],
+        "_additional_pipeline_policies": [ThrottleAsServerBusy(), clock, *storage_policies],
         "retry_policy": ExponentialRetry(
             initial_backoff=STORAGE_FIRST_BACKOFF,  # type: ignore[arg-type]  # a float works
             increment_base=2,
@@ -179,8 +182,9 @@ def build_clients(
         aci=aci,
         runner=ConcurrentRunner(settings.io_concurrency),
         credential=identity,
-        store=ManifestStore(container, settings),
+        store=ManifestStore(container, settings, clock),
         hook=AciHook(aci, settings),
+        clock=clock,
     )
 
 

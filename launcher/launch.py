@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,7 +57,6 @@ from launcher.batch import (
     State,
     iso,
     parse_iso,
-    utcnow,
 )
 from launcher.clients import Clients
 
@@ -84,18 +82,24 @@ def group_name(settings: Settings, batch_id: str, attempt: int) -> str:
     return name
 
 
+# A SAS starts this long before its issue time: `issued` is storage's time (see launcher.clock),
+# and the servers that check it may disagree with each other by a little (Azure's own advice
+# for SAS start times is 15 minutes).
+SAS_START_SKEW = timedelta(minutes=15)
+
+
 def _storage_access(
     clients: Clients, issued: datetime, expiry_minutes: float
 ) -> tuple[list[EnvironmentVariable], list[EnvironmentVariable]]:
     """Environment (plain, secure) that lets the container reach storage; a SAS is valid from
-    5 minutes before `issued` until `expiry_minutes` after it."""
+    SAS_START_SKEW before `issued` until `expiry_minutes` after it."""
     settings = clients.settings
     url = clients.blob_service.url.rstrip("/")
     plain = [EnvironmentVariable(name="ML_STORAGE_ACCOUNT_URL", value=url)]
     if settings.identity_id:
         plain.append(EnvironmentVariable(name="AZURE_CLIENT_ID", value=settings.identity_client_id))
         return plain, []
-    start, expiry = issued - timedelta(minutes=5), issued + timedelta(minutes=expiry_minutes)
+    start, expiry = issued - SAS_START_SKEW, issued + timedelta(minutes=expiry_minutes)
     permission = ContainerSasPermissions(read=True, create=True, write=True)
     cred = clients.blob_service.credential
     account_key = getattr(cred, "account_key", None)
@@ -126,12 +130,11 @@ def _storage_access(
 def build_group(clients: Clients, manifest: Manifest, attempt: int) -> ContainerGroup:
     """The full container group spec for one attempt of one batch.
 
-    Everything but the creation tag derives from the settings and from this version of the
-    manifest (its `updated` time dates the SAS), so two launchers that build the spec of one
-    attempt from the same manifest send the same PUT: if a launcher that lost the poll lease
-    while its PUT was in flight is overtaken by the new lease holder, ARM treats the late PUT as
-    a no-op instead of redeploying (restarting) the group. Tags never cause a redeploy. (A user
-    delegation SAS, for identity-based storage access, is only as repeatable as its key.)"""
+    Everything derives from the settings and from this version of the manifest (its `updated`
+    time, storage's clock, dates the SAS and the creation tag), so two launchers that build the
+    spec of one attempt from the same manifest send byte-identical PUTs: ACI leaves a live group
+    alone when a PUT changes nothing. (A user delegation SAS, for identity-based storage access,
+    is only as repeatable as its key.)"""
     s = clients.settings
     store = clients.store
     folder = store.folder(manifest.batch_id)
@@ -145,7 +148,7 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
             name="ML_OUTPUT_PREFIX", value=f"{s.output_prefix}{manifest.batch_id}/"
         ),
     ]
-    issued = parse_iso(manifest.updated) or utcnow()
+    issued = parse_iso(manifest.updated) or clients.clock.now()
     storage_plain, storage_secure = _storage_access(clients, issued, s.job_timeout_minutes + 30)
     env += storage_plain
     env += [EnvironmentVariable(name=k, value=v) for k, v in s.env]
@@ -172,7 +175,7 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
             TAG_SOURCE: source_tag(s),
             TAG_BATCH: manifest.batch_id,
             TAG_ATTEMPT: str(attempt),
-            TAG_CREATED: str(int(time.time())),
+            TAG_CREATED: str(int(issued.timestamp())),
         },
     )
     if s.identity_id:
@@ -215,7 +218,7 @@ def launch_batch(
     """
     assert manifest.state is State.CLAIMED, manifest.state
     attempt = manifest.attempt + 1
-    now = utcnow()
+    now = clients.clock.now()
     name = ""
     adopted = False
     try:

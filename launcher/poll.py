@@ -16,12 +16,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from azure.storage.blob import BlobProperties
+
 from launcher.aci import GroupInfo
-from launcher.batch import BatchRef, Manifest, ManifestConflict, State, utcnow
+from launcher.batch import (
+    BatchRef,
+    Manifest,
+    ManifestConflict,
+    ManifestUnreadable,
+    Quarantined,
+    State,
+)
 from launcher.blobs import LeaseLock
 from launcher.claim import Plan, Scan, claim, plan_batches, resolve_claiming, scan
 from launcher.clients import Clients
-from launcher.launch import LaunchResult, launch_batch
+from launcher.launch import SPEC_FRESH_SECONDS, LaunchResult, launch_batch
+from launcher.refusals import REFUSALS_BLOB, Refusals
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +61,28 @@ class TickReport:
     claimed: list[dict[str, Any]] = field(default_factory=list)
     launched: list[dict[str, Any]] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def quarantine(self, q: Quarantined) -> None:
+        """Record (and log, at error level) a batch no loop may act on."""
+        if any(x["batch"] == q.batch_id for x in self.quarantined):
+            return
+        self.quarantined.append(q.to_dict())
+        log_quarantined(q)
+
+
+def log_quarantined(q: Quarantined) -> None:
+    logger.error(
+        "batch %s quarantined: %s; its files are kept and every loop skips it "
+        "(repair or release it: docs/operations.md, 'Quarantined batches')",
+        q.batch_id,
+        q.reason,
+    )
 
 
 def room_for_launches(clients: Clients, groups: list[GroupInfo]) -> int:
@@ -63,8 +90,10 @@ def room_for_launches(clients: Clients, groups: list[GroupInfo]) -> int:
     (finished ones still hold quota until the janitor deletes them), within ACI's create rate
     (MAX_CREATES_PER_5_MIN, counted from our groups' creation tags) and MAX_BATCHES_PER_TICK."""
     s = clients.settings
-    now = time.time()
-    recent = sum(1 for g in groups if g.created and g.created >= now - CREATE_WINDOW_SECONDS)
+    # Creation tags carry the launch's manifest time, which may precede the PUT by up to
+    # SPEC_FRESH_SECONDS: the window is widened by that much, so the budget is never overrun.
+    since = clients.clock.timestamp() - CREATE_WINDOW_SECONDS - SPEC_FRESH_SECONDS
+    recent = sum(1 for g in groups if g.created and g.created >= since)
     return max(
         0,
         min(
@@ -114,24 +143,33 @@ class _Launcher:
 
 
 def _recover(clients: Clients, launcher: _Launcher, refs: list[BatchRef]) -> None:
-    """Settle batches left `claiming` by a crashed tick and launch `claimed` ones."""
+    """Settle batches left `claiming` by a crashed tick and launch `claimed` ones. A batch
+    whose manifest cannot be read is quarantined and skipped; the others go on."""
     s = clients.settings
-    stuck_before = utcnow() - timedelta(seconds=s.stuck_claim_seconds)
+    # Storage's clock against storage's Last-Modified: a host clock ahead never recovers a
+    # live claim early (see launcher.clock).
+    stuck_before = clients.clock.now() - timedelta(seconds=s.stuck_claim_seconds)
     for ref in sorted(refs, key=lambda r: r.batch_id):
         if launcher.lease.lost:
             launcher.report.lease_lost = True
             return
         found = None
-        if ref.state is State.CLAIMING and ref.last_modified <= stuck_before:
-            found = resolve_claiming(clients, ref.batch_id)
-            launcher.report.recovered.append(ref.batch_id)
-        elif ref.state is State.CLAIMED and launcher.room > 0:
-            found = clients.store.read(ref.batch_id)
+        try:
+            if ref.state is State.CLAIMING and ref.last_modified <= stuck_before:
+                found = resolve_claiming(clients, ref.batch_id, ref.etag or None)
+                launcher.report.recovered.append(ref.batch_id)
+            elif ref.state is State.CLAIMED and launcher.room > 0:
+                found = clients.store.read(ref.batch_id)
+        except ManifestUnreadable as exc:
+            launcher.report.quarantine(Quarantined(ref.batch_id, exc.reason))
+            continue
         if found and found[0].state is State.CLAIMED and launcher.room > 0:
             launcher.launch(found[0], found[1], confirm=True)
 
 
-def _in_open_claims(clients: Clients, refs: list[BatchRef]) -> set[tuple[str, str]]:
+def _in_open_claims(
+    clients: Clients, refs: list[BatchRef], report: TickReport
+) -> set[tuple[str, str]]:
     """(source, etag) of every file listed by a batch that is still `claiming` after recovery:
     a claim that crashed less than STUCK_CLAIM_SECONDS ago, or the live claim of a tick that has
     lost its lease. Such a file must wait for that claim to be finished: claimed again now, it
@@ -141,7 +179,14 @@ def _in_open_claims(clients: Clients, refs: list[BatchRef]) -> set[tuple[str, st
     concurrently; a tick normally sees none."""
     open_claims = [r.batch_id for r in refs if r.state is State.CLAIMING]
     held: set[tuple[str, str]] = set()
-    for found in clients.runner.map(clients.store.read, open_claims):
+    for batch_id, found in zip(
+        open_claims, clients.runner.map(clients.store.read, open_claims), strict=True
+    ):
+        if isinstance(found, ManifestUnreadable):
+            # Its files are unknown: it is quarantined, and the others are not held up by it
+            # (docs/operations.md says what releasing such a batch means).
+            report.quarantine(Quarantined(batch_id, found.reason))
+            continue
         if isinstance(found, BaseException):
             raise found  # unknown files: claim nothing rather than risk claiming one twice
         if found is not None and found[0].state is State.CLAIMING:
@@ -160,6 +205,8 @@ class _BatchGate:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._stopped = False
+        self.refused: dict[str, tuple[str, str]] = {}  # refusals seen by the tick's claims
+        self.refused_lock = threading.Lock()
 
     def enter(self) -> bool:
         with self._lock:
@@ -195,6 +242,9 @@ def _claim_and_launch(
         result = claim(clients, plan, gate.lease)
     finally:
         gate.leave()
+    if result.refused:
+        with gate.refused_lock:
+            gate.refused.update(result.refused)
     if result.manifest is None or result.etag is None:
         return
     report.claimed.append(
@@ -204,17 +254,23 @@ def _claim_and_launch(
 
 
 def _locked_tick(
-    clients: Clients, lease: LeaseLock, found: Scan | None, report: TickReport
+    clients: Clients,
+    lease: LeaseLock,
+    found: Scan | None,
+    report: TickReport,
+    refusals: Refusals | None = None,
 ) -> None:
     # The two listings the tick needs are independent: take them at once.
     groups_future = clients.runner.submit(clients.hook.list_groups)
-    refs = clients.store.list_refs()
+    refs, quarantined = clients.store.triage(clients.store.list_refs())
+    for q in quarantined:
+        report.quarantine(q)
     launcher = _Launcher(clients, lease, report, groups_future.result())
     _recover(clients, launcher, refs)
     if found is None:
         return
     claimable = found.claimable
-    held = _in_open_claims(clients, refs)
+    held = _in_open_claims(clients, refs, report)
     if held:
         # ETags compared without quotes: listings give them bare, property reads quoted.
         claimable = [c for c in claimable if (c.name, c.etag.strip('"')) not in held]
@@ -239,12 +295,18 @@ def _locked_tick(
         errors = [f.exception() for f in futures]
     report.claimed.sort(key=lambda c: str(c["batch"]))
     report.launched.sort(key=lambda x: str(x["batch_id"]))
+    if refusals is not None and gate.refused:
+        refusals.record(gate.refused, clients.clock.now())
+        for name, (_etag, code) in gate.refused.items():
+            report.blocked[name] = f"storage refused to move it ({code})"
     for exc in errors:
         if exc is not None:
             raise exc
 
 
-def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> TickReport:
+def _with_lease(
+    clients: Clients, report: TickReport, found: Scan | None, refusals: Refusals | None = None
+) -> TickReport:
     lease = LeaseLock(
         clients.container, clients.settings.poll_lock_blob, clients.settings.lease_seconds
     )
@@ -253,7 +315,11 @@ def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> Tic
         logger.info("another poll holds the lease on %s: skipping this tick", lease.name)
         return report
     with lease:
-        _locked_tick(clients, lease, found, report)
+        try:
+            _locked_tick(clients, lease, found, report, refusals)
+        finally:
+            if refusals is not None and not lease.lost:
+                refusals.save()
     # After the release, which also finds a lease lost since the last renewal.
     report.lease_lost = report.lease_lost or lease.lost
     return report
@@ -267,7 +333,10 @@ def poll(clients: Clients) -> TickReport:
     listing = list(
         clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
     )
-    found = scan(s, listing, utcnow())
+    # Storage's clock (learned from the listing's own response): a host clock ahead would
+    # claim folders still being uploaded (see launcher.clock).
+    found = scan(s, listing, clients.clock.now())
+    refusals = _remembered_refusals(clients, found, listing) if found.claimable else None
     report.listed = len(listing)
     report.claimable = len(found.claimable)
     report.unsettled = found.unsettled
@@ -291,7 +360,7 @@ def poll(clients: Clients) -> TickReport:
             len(found.waiting_folders),
         )
     else:
-        _with_lease(clients, report, found)
+        _with_lease(clients, report, found, refusals)
         logger.info(
             "poll: claimed %s batch(es), launched %s, %s error(s)",
             len(report.claimed),
@@ -300,6 +369,26 @@ def poll(clients: Clients) -> TickReport:
         )
     report.duration_seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def _remembered_refusals(clients: Clients, found: Scan, listing: list[BlobProperties]) -> Refusals:
+    """Read the remembered refusals (one request, busy ticks only) and move the claimable
+    files storage keeps refusing to `blocked`, so they cost no copy (see launcher.refusals)."""
+    s = clients.settings
+    refusals = Refusals(clients.container, s.lock_prefix + REFUSALS_BLOB).load()
+    if not refusals.entries:
+        return refusals
+    refusals.prune({b.name: str(b.etag) for b in listing})
+    now = clients.clock.now()
+    keep = []
+    for c in found.claimable:
+        why = refusals.reason(c.name, c.etag, now)
+        if why is None:
+            keep.append(c)
+        else:
+            found.blocked[c.name] = why
+    found.claimable = keep
+    return refusals
 
 
 def recover(clients: Clients) -> TickReport:

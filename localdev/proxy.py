@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -42,13 +43,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ CHUNK = 256 * 1024
 BUFFER_LIMIT = 1024 * 1024
 """Request bodies up to this size are buffered, so a stale upstream keep-alive can be retried."""
 CONTROL_PREFIX = "/_proxy/"
+MAX_PAUSE_SECONDS = 600.0
+"""A paused proxy lets its held requests go after this long, so a forgotten pause cannot hang."""
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -321,6 +324,28 @@ class Trigger:
         }
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A standing refusal: every request of a matching kind whose (URL-decoded) path matches
+    `path` (a regular expression searched in it) is answered `status` with storage error `code`
+    and never forwarded.
+
+    This is a FAKE of what Azurite cannot do: Azure refuses to delete a blob under an
+    immutability policy or legal hold (409 BlobImmutableDueToPolicy), or that the caller's role
+    may not delete (403 AuthorizationPermissionMismatch); Azurite has neither. A Blob Batch
+    request carrying such a delete is refused whole when a rule names kind ``batch`` (Azure
+    refuses the subrequest instead; the client then falls back to single deletes)."""
+
+    kind: str
+    path: str = ""
+    status: int = 409
+    code: str = "BlobImmutableDueToPolicy"
+    message: str = "This operation is not permitted as the blob is immutable due to a policy."
+
+    def matches(self, kind: str, path: str) -> bool:
+        return kind_matches(self.kind, kind) and re.search(self.path, unquote(path)) is not None
+
+
 @dataclass
 class _Plan:
     """What to do with one admitted request; decided atomically under the proxy lock."""
@@ -459,6 +484,12 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             logger.debug("dropping %s %s before forwarding", self.command, path)
             self._drop()
+            return
+        proxy._wait_if_paused()
+        refusal = proxy._refusal(kind, path)
+        if refusal is not None:
+            self._drain_body()
+            self._send_refusal(refusal)
             return
         if plan.fault in ("500", "503", "429"):
             self._drain_body()
@@ -682,6 +713,20 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             raise _ClientGoneError from exc
 
+    def _send_refusal(self, refusal: Refusal) -> None:
+        request_id = str(uuid.uuid4())
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+            f"{refusal.code}</Code><Message>{refusal.message}\nRequestId:{request_id}</Message></Error>"
+        )
+        extra = [
+            ("x-ms-request-id", request_id),
+            ("x-ms-error-code", refusal.code),
+            ("x-ms-version", "2021-12-02"),
+            ("x-proxy-refusal", refusal.code),
+        ]
+        self._send_simple(refusal.status, body, "application/xml", extra)
+
     def _send_fault(self, status: int, plan: _Plan) -> None:
         flavor = plan.faults.flavor or self.proxy.flavor
         request_id = str(uuid.uuid4())
@@ -727,6 +772,12 @@ class _Handler(BaseHTTPRequestHandler):
                 result = proxy.config()
             elif self.command == "POST" and name == "trigger":
                 result = proxy.add_kill_trigger(data).to_json()
+            elif self.command == "POST" and name == "pause":
+                proxy.pause()
+                result = proxy.config()
+            elif self.command == "POST" and name == "resume":
+                proxy.resume()
+                result = proxy.config()
             else:
                 self._send_simple(
                     404, json.dumps({"error": f"no {self.command} {path}"}), "application/json"
@@ -822,6 +873,9 @@ class Proxy:
         self._faults = faults or FaultConfig()
         self._conns: set[socket.socket] = set()
         self._stopped = False
+        self._running = threading.Event()  # cleared while paused
+        self._running.set()
+        self._refusals: tuple[Refusal, ...] = ()
 
         self.tls = tls
         self.ca_path: str | None = None
@@ -1027,13 +1081,50 @@ class Proxy:
                 "delay_ms": self._delay_s * 1000.0,
                 "faults": self._faults.to_json(),
                 "flavor": self.flavor,
+                "paused": self.paused,
+                "refusals": [dataclasses.asdict(r) for r in self._refusals],
             }
 
+    # -- stalls and standing refusals ------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stall the link: every request admitted from now on (after its before-triggers) waits
+        until `resume`, then goes on as usual, so it lands late rather than never. Requests
+        already forwarded are not held. A stall ends by itself after MAX_PAUSE_SECONDS."""
+        self._running.clear()
+        logger.info("proxy %s paused", self.url)
+
+    def resume(self) -> None:
+        self._running.set()
+        logger.info("proxy %s resumed", self.url)
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def _wait_if_paused(self) -> None:
+        self._running.wait(MAX_PAUSE_SECONDS)
+
+    def set_refusals(self, refusals: Sequence[Refusal]) -> None:
+        with self._lock:
+            self._refusals = tuple(refusals)
+
+    def _refusal(self, kind: str, path: str) -> Refusal | None:
+        for refusal in self._refusals:
+            if refusal.matches(kind, path):
+                with self._lock:
+                    self._fault_counts["refused"] += 1
+                return refusal
+        return None
+
     def apply_config(self, data: Mapping[str, Any]) -> None:
-        """Control-endpoint config: ``{"delay_ms": 20, "faults": {...} | null}``, keys optional."""
-        unknown = set(data) - {"delay_ms", "faults"}
+        """Control-endpoint config: ``{"delay_ms": 20, "faults": {...} | null, "refusals":
+        [{"kind": "delete", "path": "regex", "status": 409, "code": "..."}]}``, keys optional."""
+        unknown = set(data) - {"delay_ms", "faults", "refusals"}
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        if "refusals" in data:
+            self.set_refusals([Refusal(**r) for r in data["refusals"] or []])
         faults = None
         if data.get("faults") is not None:
             faults = FaultConfig.from_json(data["faults"])

@@ -306,12 +306,14 @@ def test_retry_puts_a_failed_batch_back_into_incoming(pipeline: Pipeline) -> Non
     poll(clients)
     batch = only_batch(pipeline)
     sweep_until(clients, lambda: manifest_of(pipeline, batch)[0] == "failed/")
-    restored = retry_failed(clients, batch)
+    restored = retry_failed(clients, batch)["restored"]
     assert sorted(restored) == ["incoming/job/a.txt", "incoming/job/b.txt"]
     assert all_names(pipeline.container, "incoming/") == sorted(restored)
     assert all_names(pipeline.container, f"failed/{batch}/job/") == []
     _, m = manifest_of(pipeline, batch)
-    assert "retried" in m["reason"]
-    assert retry_failed(clients, batch) == []  # idempotent
+    assert m["retried"]["restored"] == sorted(restored)
+    again = retry_failed(clients, batch)  # idempotent: nothing more, recorded once
+    assert again["restored"] == [] and again["restored_earlier"] == 2
+    assert manifest_of(pipeline, batch)[1]["retried"] == m["retried"]
     poll(clients)
     assert len({n.split("/")[1] for n in all_names(pipeline.container, "processing/")}) == 1

@@ -275,19 +275,18 @@ def test_the_spec_of_an_attempt_does_not_depend_on_when_it_is_built(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A launcher that lost the poll lease while its PUT was in flight, and the new holder that
-    launched the same attempt meanwhile, send the same spec: ARM then takes the late PUT as a
-    no-op instead of redeploying (restarting) the group. Only the tags may differ."""
-    import launcher.launch as launch_module
+    launched the same attempt meanwhile, send byte-identical PUTs, tags included (ACI restarts
+    a running group on a PUT that changes any property): no clock goes into the spec."""
+    import time
+
     from launcher.batch import iso, new_batch_id, utcnow
 
     clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
     now = iso(utcnow()) or ""
     m = Manifest(batch_id=new_batch_id(), state=State.CLAIMED, created=now, updated=now)
     first = build_group(clients, m, 1)
-    later = utcnow() + launch_module.timedelta(minutes=7)
-    monkeypatch.setattr(launch_module, "utcnow", lambda: later)
+    clients.clock.observe(time.time() + 7 * 60, time.time())  # seven minutes later
     second = build_group(clients, m, 1)
-    first.tags = second.tags = None
     assert first.serialize() == second.serialize()
     assert _sas_of(first) == _sas_of(second)
 
