@@ -44,7 +44,7 @@ typecheck: venv
 
 ## Reliability suite at full trial counts (a short seeded version runs inside `make test`).
 chaos: venv
-	$(PY) scripts/chaos.py
+	$(PY) -m scripts.chaos
 
 ## Benchmark: idle cost, claim speed vs the one-by-one baseline, scale, launch, sweep.
 bench: venv

@@ -1,7 +1,7 @@
-"""The reliability suite's short seeded run (`scripts/chaos.py --quick`), as part of `make test`.
+"""The reliability suite's short seeded run (`python -m scripts.chaos --quick`), in `make test`.
 
 The suite starts its own Azurite, ACI emulator, proxies and Functions host and drives the real
-poll and sweep processes (see the script's docstring); this module runs it once, reads its JSON
+poll and sweep processes (see the package docstring); this module runs it once, reads its JSON
 report and turns every promise into an assertion, so a failure names the scenario and the check.
 """
 
@@ -28,7 +28,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result = subprocess.run(
         [
             sys.executable,
-            str(REPO_ROOT / "scripts" / "chaos.py"),
+            "-m",
+            "scripts.chaos",
             "--quick",
             "--seed",
             str(SEED),
