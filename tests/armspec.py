@@ -19,6 +19,9 @@ method and URL path and return a list of problems (empty = conforms). The rules,
 - Responses: the schema of the status code, else `default` (CloudError) for 4xx/5xx; a 2xx/3xx
   status the operation does not list is an error, and so is a body where the spec has no schema.
 - Query parameters: required ones must be present, unknown ones are errors.
+
+`Recorder` is the capture side: a per-retry azure-core policy for `build_clients(arm_policies=...)`
+that keeps every exchange on the wire (retries and errors included) and checks them all.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ configuration, plus the error answers the app meets (404, 400, 409, 429, 500, 50
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +27,7 @@ from localdev.aci_emulator.vocabulary import (
     PROVISIONING_STATES,
     undocumented_values,
 )
-from tests.armspec import ArmSpec, Recorder
+from tests.armspec import SPEC_PATH, ArmSpec, Recorder
 from tests.conftest import Pipeline
 
 SPEC = ArmSpec.load()
@@ -191,7 +192,7 @@ def test_error_answers_the_app_meets_conform_to_the_spec(
     with pytest.raises(HttpResponseError) as exc:
         clients.aci.container_groups.begin_delete(pipeline.resource_group, slow, polling=False)
     assert exc.value.status_code == 409
-    # 404s: a missing group's get, logs, stop and tag update.
+    # 404s: a missing group's get, logs and stop; then a tag update of a live one.
     assert hook.get("missing") is None and hook.logs("missing", "worker") == ""
     hook.stop("missing")
     hook.mark_kept(name)
@@ -256,3 +257,75 @@ def test_the_emulator_emits_only_documented_states_and_events(
     assert {"Pending", "Running", "Succeeded", "Failed", "Stopped"} <= seen["group"] <= GROUP_STATES
     assert {"Running", "Terminated", "Waiting"} <= seen["container"] <= CONTAINER_STATES
     assert {"Pulling", "Pulled", "Started", "Failed", "BackOff"} <= seen["event"] <= EVENT_NAMES
+
+
+GROUP_URL = (
+    "https://127.0.0.1/subscriptions/s/resourceGroups/rg/providers/"
+    "Microsoft.ContainerInstance/containerGroups/g?api-version=2023-05-01"
+)
+
+
+def minimal_group() -> dict[str, Any]:
+    requests = {"cpu": 1, "memoryInGB": 1.5}
+    container = {"name": "w", "properties": {"image": "i", "resources": {"requests": requests}}}
+    return {"location": "l", "properties": {"osType": "Linux", "containers": [container]}}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda g: g.update(etag="x"), "body.etag: property not defined by the spec"),
+        (lambda g: g.update(id="x"), "body.id: read-only property sent in a request"),
+        (
+            lambda g: g["properties"].update(instanceView={}),
+            "body.properties.instanceView: read-only property sent in a request",
+        ),
+        (lambda g: g.update(tags={"a": 1}), "body.tags.a: expected a string, got 1"),
+        (lambda g: g.update(location=None), "body.location: null is not allowed"),
+        (
+            lambda g: g["properties"].update(osType="linux"),
+            "body.properties.osType: 'linux' is not one of ['Windows', 'Linux']",
+        ),
+        (
+            lambda g: g["properties"]["containers"][0]["properties"].pop("image"),
+            "body.properties.containers[0].properties: required property 'image' is missing",
+        ),
+        (
+            lambda g: g["properties"]["containers"][0]["properties"].update(gpu={}),
+            "body.properties.containers[0].properties.gpu: property not defined by the spec",
+        ),
+    ],
+)
+def test_the_validator_rejects_what_the_spec_does_not_allow(change: Any, problem: str) -> None:
+    group = minimal_group()
+    assert SPEC.check_request("PUT", GROUP_URL, group) == []
+    change(group)
+    assert SPEC.check_request("PUT", GROUP_URL, group) == [
+        f"ContainerGroups_CreateOrUpdate request: {problem}"
+    ]
+
+
+def test_the_validator_checks_statuses_query_and_empty_bodies() -> None:
+    stop = GROUP_URL.replace("/g?", "/g/stop?")
+    assert SPEC.check_response("POST", stop, 204, None) == []
+    assert SPEC.check_response("POST", stop, 200, {}) == [
+        "ContainerGroups_Stop response: status 200 is not documented"
+    ]
+    assert SPEC.check_response("POST", stop, 204, {}) == [
+        "ContainerGroups_Stop response 204: the spec documents no body"
+    ]
+    assert SPEC.check_response("GET", GROUP_URL, 404, {"error": {"code": "c", "x": 1}}) == [
+        "ContainerGroups_Get response 404: body.error.x: property not defined by the spec"
+    ]
+    assert SPEC.check_request("GET", GROUP_URL + "&debug=1", None) == [
+        "ContainerGroups_Get request: query parameter 'debug' is not defined"
+    ]
+    with pytest.raises(LookupError):
+        SPEC.operation("GET", GROUP_URL.replace("/g?", "/g/operations/x?"))
+
+
+def test_the_vendored_spec_is_the_upstream_file() -> None:
+    """PROVENANCE.md names the upstream commit and this digest: the file is never hand-edited."""
+    digest = hashlib.sha256(SPEC_PATH.read_bytes()).hexdigest()
+    assert digest in (SPEC_PATH.parent / "PROVENANCE.md").read_text()
+    assert SPEC.api_version == "2023-05-01"
