@@ -71,9 +71,10 @@ Microsoft Learn "Azure Container Instances states" and troubleshooting pages)
   `InvalidResourceLocation`.
 - Container states: Running {startTime}; after exit Terminated {exitCode, startTime, finishTime,
   detailStatus Completed|Error}; death by signal N is exit code 128+N. Events: Pulling, Pulled,
-  Started (Killing on stop). Group `instanceView.state`: Pending -> Running -> Succeeded (all exit 0)
-  or Failed (restartPolicy Never). OnFailure/Always rerun with back-off (Waiting
-  "CrashLoopBackOff: Back-off restarting failed", previousState, restartCount).
+  Started (only names and types ACI documents: see `vocabulary`). Group `instanceView.state`:
+  Pending -> Running -> Succeeded (all exit 0) or Failed (restartPolicy Never). OnFailure/Always
+  rerun with back-off (Waiting "CrashLoopBackOff: Back-off restarting failed", previousState,
+  restartCount).
 - Pull failure (`pull: fail`, or unknown image with `--unknown-image pull-failure`): accepted (201),
   then provisioningState `Failed`, container Waiting `ErrImagePull` with Failed/BackOff events,
   group state stays `Pending` (ACI keeps trying after a Failed provisioning), async op Failed.

@@ -43,6 +43,7 @@ from localdev.aci_emulator.model import (
 )
 from localdev.aci_emulator.options import Options, OptionsStore
 from localdev.aci_emulator.processes import ProcessManager, base_environment, exit_code
+from localdev.aci_emulator.vocabulary import EVENT_NAMES, EVENT_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ class Event:
 def add_event(
     events: list[Event], now: float, name: str, message: str, type_: str = "Normal"
 ) -> None:
-    """Record an event the way Kubernetes-style event lists do: repeats bump `count`."""
+    """Record an event the way Kubernetes-style event lists do: repeats bump `count`. Only
+    names and types ACI documents (see `vocabulary`) may be emitted."""
+    if name not in EVENT_NAMES or type_ not in EVENT_TYPES:
+        raise ValueError(f"undocumented ACI event {name!r} ({type_!r})")
     for event in events:
         if event.name == name and event.message == message:
             event.count += 1
@@ -393,15 +397,12 @@ class Store:
             group = self._lookup(sub, rg, name)
             if group.provisioning:
                 raise transitioning(name)
-            now = time.time()
             group.stopped = True
             for c in group.containers:
                 c.restart_at = None
                 if c.state == "Waiting" and c.previous is not None:
                     c.state, c.previous = "Terminated", None
                     c.detail = "Completed" if c.exit_code == 0 else "Error"
-                if c.proc is not None:
-                    add_event(c.events, now, "Killing", f"Stopping container {c.spec.name}")
             running = group.running()
             group.pending_kills += 1
         self._kill(group, [p for _, p in running], opts, record=running)
