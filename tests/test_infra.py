@@ -425,3 +425,21 @@ def test_deploy_script_accepts_private_mode_flags() -> None:
     # Validation passed: the first thing that failed is the missing Azure CLI.
     assert result.returncode == 1
     assert result.stderr.strip() == "error: the Azure CLI (az) is not installed"
+
+
+def test_deployment_doc_lists_the_api_versions_the_templates_use() -> None:
+    doc = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    documented = set()
+    for row in re.findall(r"^\| (`Microsoft\..*?) \| (\d{4}-\d{2}-\d{2}) \|$", doc, re.M):
+        names = re.findall(r"`([\w./]+)`", row[0])
+        namespace = names[0].split("/")[0]
+        for name in names:
+            full = name if name.startswith("Microsoft.") else f"{namespace}/{name}"
+            documented.add((full, row[1]))
+    used = {
+        (resource.type, resource.api_version)
+        for resource in [*MAIN.values(), *NET.values()]
+        if resource.api_version  # modules have none
+    }
+    assert len(used) >= 15
+    assert documented == used
