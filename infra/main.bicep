@@ -1,6 +1,7 @@
 // Model Launcher: Function App (Flex Consumption, Python 3.11) that turns the blob container
 // `watch` into a batch queue and launches one Azure Container Instances group per batch.
-// Deploy with scripts/deploy.sh (or: az deployment group create -g <rg> -f infra/main.bicep -p ...).
+// Deploy with scripts/deploy.sh, `azd up` (azure.yaml) or az deployment group create -g <rg>
+// -f infra/main.bicep -p ...; docs/deployment.md explains both network modes.
 //
 // Design decisions
 // - Hosting: Flex Consumption (FC1). It is the Linux serverless plan that supports keyless storage
@@ -19,6 +20,15 @@
 //   only (to attach it to groups), and a subnet-join role on the given subnet only.
 // - Containers authenticate as a user-assigned identity (ACI_IDENTITY_ID), so the app never has
 //   to mint a SAS (that would need Storage Blob Delegator at account scope).
+// - Network: `public` (default, a quick trial) leaves both storage accounts reachable from the
+//   internet, with keyless access only. `private` is the deployment the product exists for (it
+//   polls because storage behind private endpoints cannot use Event Grid): network.bicep builds a
+//   VNet, the app gets VNet integration, the container groups a delegated subnet, each storage
+//   account private endpoints and private DNS zones, and both accounts refuse public traffic.
+//   Code deployment keeps working: Flex Consumption's deployment endpoint (/api/publish on the
+//   app's scm site, used by azd, Core Tools and az) writes the package to the deployment container
+//   with the app's identity through the app's VNet integration, the path the official Flex
+//   Consumption samples rely on with public network access disabled.
 
 targetScope = 'resourceGroup'
 
@@ -31,6 +41,7 @@ param location string = resourceGroup().location
 param namePrefix string
 
 @description('Worker image that processes a batch (ACI_IMAGE), e.g. myacr.azurecr.io/modellauncher/worker:latest.')
+@minLength(1)
 param workerImage string
 
 @description('NCRONTAB (6 fields, with seconds) for the poll/launch timer (POLL_SCHEDULE).')
@@ -39,8 +50,21 @@ param pollSchedule string = '0 */1 * * * *'
 @description('NCRONTAB (6 fields, with seconds) for the janitor timer (JANITOR_SCHEDULE).')
 param janitorSchedule string = '30 */2 * * * *'
 
-@description('Optional subnet resource ID for the container groups (ACI_SUBNET_ID). The subnet must be delegated to Microsoft.ContainerInstance/containerGroups. Empty: groups get no VNet.')
+@description('public: storage reachable from the internet (keyless; a quick trial). private: a VNet, Flex Consumption VNet integration, the container groups in a delegated subnet, private endpoints and private DNS zones for both storage accounts, public network access disabled. See docs/deployment.md.')
+@allowed(['public', 'private'])
+param network string = 'public'
+
+@description('private network only: address space of the VNet the template creates, a /22 or larger (subnets app, aci and private-endpoints are its first three /24s).')
+param vnetAddressPrefix string = '10.70.0.0/16'
+
+@description('private network only: public IPv4 addresses (1.2.3.4) or ranges (CIDR, /30 or wider) allowed to reach the data storage account from outside the VNet, e.g. to drop files from an office. Empty: the data account is reachable through its private endpoint only. The host account is never reachable from outside.')
+param dataAllowedIpRanges array = []
+
+@description('public network only: optional subnet resource ID for the container groups (ACI_SUBNET_ID). The subnet must be delegated to Microsoft.ContainerInstance/containerGroups. Empty: groups get no VNet. Ignored in private mode, where the template creates the subnet.')
 param subnetId string = ''
+
+@description('Optional object ID of a user or group that may drop files and read results: Storage Blob Data Contributor on the watched container (azd passes the signed-in user).')
+param principalId string = ''
 
 @description('Optional Azure Container Registry for private worker images: registry name (myacr) or login server (myacr.azurecr.io). Empty: taken from workerImage when its host is an ACR login server.')
 param registry string = ''
@@ -84,6 +108,7 @@ var appInsightsName = '${prefix}-appi-${token}'
 var containerIdentityName = '${prefix}-aci-${token}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(token, 7)}'
 var blobSuffix = 'blob.${environment().suffixes.storage}'
+var vnetName = '${prefix}-vnet-${token}'
 
 // Registry: explicit parameter, else the worker image's host when it is an ACR login server.
 var acrSuffix = environment().suffixes.acrLoginServer // '.azurecr.io' in the public cloud
@@ -96,12 +121,40 @@ var registryHost = contains(registryInput, '.') ? registryInput : '${registryInp
 var registryServer = hasRegistry ? registryHost : ''
 var registryInThisGroup = toLower(registryResourceGroup) == toLower(resourceGroup().name)
 
-// Subnet: /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<name>
-var hasSubnet = !empty(subnetId)
+// Network mode. In private mode the template owns the VNet and both delegated subnets.
+var isPrivate = network == 'private'
+var appSubnetName = 'app'
+var aciSubnetName = 'aci'
+var endpointSubnetName = 'private-endpoints'
+var privateAciSubnetId = resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, aciSubnetName)
+var privateAppSubnetId = resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName)
+
+// What the storage accounts let in. Private: public network access disabled and deny by default;
+// only the data account can open its public endpoint, and then only to dataAllowedIpRanges.
+var hostPublicNetworkAccess = isPrivate ? 'Disabled' : 'Enabled'
+var dataPublicNetworkAccess = isPrivate && empty(dataAllowedIpRanges) ? 'Disabled' : 'Enabled'
+var networkDefaultAction = isPrivate ? 'Deny' : 'Allow'
+var dataIpRules = [for range in (isPrivate ? dataAllowedIpRanges : []): { value: range, action: 'Allow' }]
+
+// Private endpoints, one per account and storage service in use: the watched data is blob only;
+// the Functions host keeps timer locks, keys and the deployment package in blobs and diagnostic
+// events in tables. Timer and HTTP triggers use no queues (add 'queue' here with a queue trigger).
+var storageEndpoints = [
+  { name: 'data-blob', storageId: dataStorage.id, group: 'blob' }
+  { name: 'host-blob', storageId: hostStorage.id, group: 'blob' }
+  { name: 'host-table', storageId: hostStorage.id, group: 'table' }
+]
+
+// Container groups' subnet (ACI_SUBNET_ID): the template's own in private mode, else the optional
+// subnetId. A given subnet looks like
+// /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<name>
+var hasExternalSubnet = !isPrivate && !empty(subnetId)
+var hasSubnet = isPrivate || hasExternalSubnet
+var aciSubnetId = isPrivate ? privateAciSubnetId : subnetId
 var subnetPlaceholder = '/subscriptions/-/resourceGroups/-/providers/Microsoft.Network/virtualNetworks/-/subnets/-'
-var subnetParts = split(hasSubnet ? subnetId : subnetPlaceholder, '/')
+var subnetParts = split(hasExternalSubnet ? subnetId : subnetPlaceholder, '/')
 var subnetGroupId = '/subscriptions/${subnetParts[2]}/resourceGroups/${subnetParts[4]}'
-var subnetInThisGroup = hasSubnet && toLower(subnetGroupId) == toLower(resourceGroup().id)
+var subnetInThisGroup = isPrivate || (hasExternalSubnet && toLower(subnetGroupId) == toLower(resourceGroup().id))
 
 // Built-in role definition IDs (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
@@ -129,8 +182,13 @@ resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled' // container groups without a subnet reach it over the internet
-    networkAcls: { defaultAction: 'Allow', bypass: 'AzureServices' }
+    // Public mode: container groups without a subnet reach it over the internet.
+    publicNetworkAccess: dataPublicNetworkAccess
+    networkAcls: {
+      defaultAction: networkDefaultAction
+      bypass: 'AzureServices'
+      ipRules: dataIpRules
+    }
   }
 }
 
@@ -158,8 +216,11 @@ resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     defaultToOAuthAuthentication: true
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
-    networkAcls: { defaultAction: 'Allow', bypass: 'AzureServices' }
+    publicNetworkAccess: hostPublicNetworkAccess
+    networkAcls: {
+      defaultAction: networkDefaultAction
+      bypass: 'AzureServices'
+    }
   }
 }
 
@@ -172,6 +233,24 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   parent: hostBlobService
   name: deploymentContainerName
   properties: { publicAccess: 'None' }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private network (network: 'private'): VNet, subnets, private DNS zones, private endpoints
+// ---------------------------------------------------------------------------------------------
+
+module privateNetwork 'network.bicep' = if (isPrivate) {
+  name: 'model-launcher-network-${take(token, 6)}'
+  params: {
+    location: location
+    tags: tags
+    vnetName: vnetName
+    addressPrefix: vnetAddressPrefix
+    appSubnetName: appSubnetName
+    aciSubnetName: aciSubnetName
+    endpointSubnetName: endpointSubnetName
+    storageEndpoints: storageEndpoints
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,12 +341,13 @@ var baseSettings = [
   { name: 'ACI_IDENTITY_CLIENT_ID', value: containerIdentity.properties.clientId }
 ]
 var registrySettings = hasRegistry ? [{ name: 'ACI_REGISTRY_SERVER', value: registryServer }] : []
-var subnetSettings = hasSubnet ? [{ name: 'ACI_SUBNET_ID', value: subnetId }] : []
+var subnetSettings = hasSubnet ? [{ name: 'ACI_SUBNET_ID', value: aciSubnetId }] : []
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: functionAppName
   location: location
-  tags: tags
+  // azd deploys the `app` service of azure.yaml to the site carrying this tag.
+  tags: union(tags, { 'azd-service-name': 'app' })
   kind: 'functionapp,linux'
   identity: {
     type: 'SystemAssigned'
@@ -275,6 +355,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Private mode: outbound traffic through the VNet, where the storage host names resolve to the
+    // private endpoints. Null leaves the property out (public mode).
+    virtualNetworkSubnetId: isPrivate ? privateAppSubnetId : null
     siteConfig: {
       appSettings: concat(baseSettings, registrySettings, subnetSettings, extraSettingsKept)
     }
@@ -298,6 +381,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
+  // The host starts as soon as the site exists: in private mode the subnet, the endpoints and
+  // their DNS records must be there first, or its first storage calls go to refused public IPs.
+  dependsOn: [privateNetwork]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,26 +490,27 @@ resource appAssignsContainerIdentity 'Microsoft.Authorization/roleAssignments@20
   }
 }
 
-// App -> join the given subnet (only that subnet). A subnet in another resource group is
-// assigned by scripts/deploy.sh (output subnetJoinPending).
-resource vnet 'Microsoft.Network/virtualNetworks@2023-11-01' existing = if (subnetInThisGroup) {
-  name: subnetParts[8]
+// App -> join the containers' subnet (only that subnet): the template's own in private mode, else
+// the given one. A given subnet in another resource group is assigned by scripts/deploy.sh
+// (output subnetJoinPending).
+resource vnet 'Microsoft.Network/virtualNetworks@2024-05-01' existing = if (subnetInThisGroup) {
+  name: isPrivate ? vnetName : subnetParts[8]
 }
 
-resource subnet 'Microsoft.Network/virtualNetworks/subnets@2023-11-01' existing = if (subnetInThisGroup) {
+resource subnet 'Microsoft.Network/virtualNetworks/subnets@2024-05-01' existing = if (subnetInThisGroup) {
   parent: vnet
-  name: subnetParts[10]
+  name: isPrivate ? aciSubnetName : subnetParts[10]
 }
 
 resource appJoinsSubnet 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (subnetInThisGroup) {
-  name: guid(subnetId, functionApp.id, 'model-launcher-subnet-join')
+  name: guid(aciSubnetId, functionApp.id, 'model-launcher-subnet-join')
   scope: subnet
   properties: {
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subnetJoinRoleId
   }
-  dependsOn: [subnetJoinRole]
+  dependsOn: [subnetJoinRole, privateNetwork]
 }
 
 // Containers -> watched container only: read inputs and the manifest, write results.
@@ -433,6 +520,16 @@ resource containersWatchData 'Microsoft.Authorization/roleAssignments@2022-04-01
   properties: {
     principalId: containerIdentity.properties.principalId
     principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// A person (principalId) -> drop files and read results in the watched container.
+resource personWatchData 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(principalId)) {
+  name: guid(watchContainer.id, principalId, roles.storageBlobDataContributor)
+  scope: watchContainer
+  properties: {
+    principalId: principalId
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
   }
 }
@@ -454,7 +551,7 @@ resource containersPullImages 'Microsoft.Authorization/roleAssignments@2022-04-0
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outputs (read by scripts/deploy.sh)
+// Outputs (read by scripts/deploy.sh; azd keeps them in its environment)
 // ---------------------------------------------------------------------------------------------
 
 output functionAppName string = functionApp.name
@@ -472,4 +569,6 @@ output registryName string = registryName
 output acrPullPending bool = hasRegistry && !registryInThisGroup
 output subnetJoinPending bool = hasSubnet && !subnetInThisGroup
 output subnetJoinRoleId string = hasSubnet ? subnetJoinRoleId : ''
+output network string = network
+output containerSubnetId string = hasSubnet ? aciSubnetId : ''
 output appSettingNames array = concat(baseSettingNames, hasRegistry ? ['ACI_REGISTRY_SERVER'] : [], hasSubnet ? ['ACI_SUBNET_ID'] : [], map(extraSettingsKept, setting => setting.name))

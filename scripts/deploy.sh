@@ -22,7 +22,17 @@ Options:
   --registry NAME|SERVER      REGISTRY                 ACR for private images (default: the image's
                                                        host when it is an ACR login server)
   --registry-group NAME       REGISTRY_RESOURCE_GROUP  the registry's resource group (default: -g)
-  --subnet-id ID              SUBNET_ID                delegated subnet for the container groups
+  --network public|private    NETWORK                  default public (a quick trial); private builds
+                                                       the locked-down deployment: VNet, private
+                                                       endpoints, storage closed to the internet
+                                                       (docs/deployment.md)
+  --vnet-prefix CIDR          VNET_ADDRESS_PREFIX      private: the VNet's address space (/22 or
+                                                       larger; default 10.70.0.0/16)
+  --allow-ip IP[,IP...]       DATA_ALLOWED_IPS         private: public IPs or CIDR ranges that may
+                                                       reach the data storage account (to drop
+                                                       files from outside the VNet)
+  --subnet-id ID              SUBNET_ID                public: delegated subnet for the container
+                                                       groups (private mode creates its own)
   --poll-schedule CRON        POLL_SCHEDULE            default '0 */1 * * * *'
   --janitor-schedule CRON     JANITOR_SCHEDULE         default '30 */2 * * * *'
   --skip-publish                                       deploy infrastructure and settings only
@@ -69,6 +79,9 @@ WORKER_IMAGE="${WORKER_IMAGE:-}"
 REGISTRY="${REGISTRY:-}"
 REGISTRY_RESOURCE_GROUP="${REGISTRY_RESOURCE_GROUP:-}"
 SUBNET_ID="${SUBNET_ID:-}"
+NETWORK="${NETWORK:-public}"
+VNET_ADDRESS_PREFIX="${VNET_ADDRESS_PREFIX:-10.70.0.0/16}"
+DATA_ALLOWED_IPS="${DATA_ALLOWED_IPS:-}"
 POLL_SCHEDULE="${POLL_SCHEDULE:-0 */1 * * * *}"
 JANITOR_SCHEDULE="${JANITOR_SCHEDULE:-30 */2 * * * *}"
 SKIP_PUBLISH=false
@@ -88,6 +101,9 @@ while [[ $# -gt 0 ]]; do
     --registry) need_value "$@"; REGISTRY="$2"; shift 2 ;;
     --registry-group) need_value "$@"; REGISTRY_RESOURCE_GROUP="$2"; shift 2 ;;
     --subnet-id) need_value "$@"; SUBNET_ID="$2"; shift 2 ;;
+    --network) need_value "$@"; NETWORK="$2"; shift 2 ;;
+    --vnet-prefix) need_value "$@"; VNET_ADDRESS_PREFIX="$2"; shift 2 ;;
+    --allow-ip) need_value "$@"; DATA_ALLOWED_IPS="${DATA_ALLOWED_IPS:+$DATA_ALLOWED_IPS,}$2"; shift 2 ;;
     --poll-schedule) need_value "$@"; POLL_SCHEDULE="$2"; shift 2 ;;
     --janitor-schedule) need_value "$@"; JANITOR_SCHEDULE="$2"; shift 2 ;;
     --skip-publish) SKIP_PUBLISH=true; shift ;;
@@ -111,6 +127,28 @@ fi
 [[ "$NAME_PREFIX" =~ ^[a-z][a-z0-9]{1,9}$ ]] \
   || die "name prefix '$NAME_PREFIX' must be 2-10 lowercase letters/digits, starting with a letter"
 REGISTRY_RESOURCE_GROUP="${REGISTRY_RESOURCE_GROUP:-$RESOURCE_GROUP}"
+[[ "$NETWORK" == public || "$NETWORK" == private ]] \
+  || die "network must be 'public' or 'private', not '$NETWORK'"
+if [[ "$NETWORK" == private ]]; then
+  [[ -z "$SUBNET_ID" ]] || die "--subnet-id is for public mode: private mode creates the containers' subnet itself"
+else
+  [[ -z "$DATA_ALLOWED_IPS" ]] || die "--allow-ip applies to private mode (--network private)"
+fi
+
+# Allowed IPs as a JSON array. Storage firewall rules take a plain address for one IP and reject
+# /31 and /32, so a /32 is written as the address.
+allowed_ips_json="["
+IFS=',' read -r -a allowed_ips <<<"$DATA_ALLOWED_IPS"
+for ip in ${allowed_ips[@]+"${allowed_ips[@]}"}; do
+  ip="${ip// /}"
+  [[ -n "$ip" ]] || continue
+  ip="${ip%/32}"
+  [[ "$ip" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}(/([0-9]|[12][0-9]|30))?$ ]] \
+    || die "--allow-ip '$ip' is not an IPv4 address or a CIDR range of /30 or wider"
+  [[ "$allowed_ips_json" == "[" ]] || allowed_ips_json+=","
+  allowed_ips_json+="\"$ip\""
+done
+allowed_ips_json+="]"
 
 # Extra settings: validated names, JSON for the template (values escaped for JSON strings).
 extra_json="{"
@@ -140,8 +178,10 @@ echo "subscription $subscription, resource group $RESOURCE_GROUP in $LOCATION"
 log "Registering resource providers (once per subscription)"
 # Microsoft.App backs Flex Consumption; Microsoft.ContainerInstance is used by the app at run
 # time, when its identity could not register it.
-for namespace in Microsoft.Web Microsoft.App Microsoft.ContainerInstance Microsoft.Storage \
-  Microsoft.Insights Microsoft.OperationalInsights Microsoft.ManagedIdentity; do
+namespaces=(Microsoft.Web Microsoft.App Microsoft.ContainerInstance Microsoft.Storage
+  Microsoft.Insights Microsoft.OperationalInsights Microsoft.ManagedIdentity)
+[[ "$NETWORK" == public ]] || namespaces+=(Microsoft.Network)
+for namespace in "${namespaces[@]}"; do
   state="$(az provider show --namespace "$namespace" --query registrationState --output tsv 2>/dev/null || true)"
   if [[ "$state" != "Registered" ]]; then
     echo "registering $namespace"
@@ -162,6 +202,9 @@ params=(
   "registry=$REGISTRY"
   "registryResourceGroup=$REGISTRY_RESOURCE_GROUP"
   "subnetId=$SUBNET_ID"
+  "network=$NETWORK"
+  "vnetAddressPrefix=$VNET_ADDRESS_PREFIX"
+  "dataAllowedIpRanges=$allowed_ips_json"
   "extraAppSettings=$extra_json"
 )
 
@@ -276,6 +319,15 @@ Worker image:        $WORKER_IMAGE${registry_server:+ (registry $registry_server
 
 Role assignments can take a few minutes to apply: the first timer ticks may log 403 errors.
 EOF
+if [[ "$NETWORK" == private ]]; then
+  cat <<EOF
+
+Network: private. Both storage accounts refuse public traffic; the app and the container groups
+(subnet $(output containerSubnetId)) reach them through private endpoints.
+Drop files from inside the VNet (VPN, peering, a VM)${DATA_ALLOWED_IPS:+ or from $DATA_ALLOWED_IPS};
+see docs/deployment.md.
+EOF
+fi
 
 if [[ "$SKIP_PUBLISH" == false ]]; then
   echo

@@ -1,14 +1,21 @@
-"""infra/main.bicep and config.py agree on the app settings (what can be checked without Azure)."""
+"""infra/ (main.bicep, network.bicep, azure.yaml) and the packaging files checked without Azure:
+the app settings agree with config.py, the private network mode builds what it promises, and the
+app package (.funcignore) holds everything the app imports."""
 
 from __future__ import annotations
 
+import ast
+import json
 import re
+import shutil
 import subprocess
 
+import pathspec
 import pytest
 
 import config
 from config import ConfigError, load_settings
+from tests.bicep_text import declarations, decorators, items, maybe_prop, prop, resources
 from tests.conftest import REPO_ROOT
 
 BICEP = (REPO_ROOT / "infra" / "main.bicep").read_text()
@@ -81,3 +88,358 @@ def test_settings_as_bicep_sets_them_are_valid() -> None:
 
 def test_deploy_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / "deploy.sh")], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network modes (infra/main.bicep `network`, infra/network.bicep): static checks of the template
+# text, since no Bicep compiler or Azure access is available here (see docs/deployment.md).
+# ---------------------------------------------------------------------------------------------
+
+NETWORK_BICEP = (REPO_ROOT / "infra" / "network.bicep").read_text()
+MAIN = resources(BICEP)
+NET = resources(NETWORK_BICEP)
+VARS = declarations(BICEP, "var")
+PARAMS = declarations(BICEP, "param")
+
+
+def test_network_parameter_is_public_or_private_and_public_by_default() -> None:
+    assert re.search(
+        r"@allowed\(\[\s*'public'\s*,?\s*'private'\s*\]\)", decorators(BICEP, "network")
+    )
+    assert PARAMS["network"] == "string = 'public'"
+    assert VARS["isPrivate"] == "network == 'private'"
+
+
+@pytest.mark.parametrize("account", ["dataStorage", "hostStorage"])
+def test_storage_accounts_close_their_public_endpoint_in_private_mode(account: str) -> None:
+    body = MAIN[account].body
+    access = VARS[prop(body, "publicNetworkAccess")]
+    acls = prop(body, "networkAcls")
+    assert VARS[prop(acls, "defaultAction")] == "isPrivate ? 'Deny' : 'Allow'"
+    assert prop(acls, "bypass") == "'AzureServices'"
+    if account == "hostStorage":
+        # The Functions host's account (deployment package included) is never reachable from outside.
+        assert access == "isPrivate ? 'Disabled' : 'Enabled'"
+        assert "ipRules" not in acls
+    else:
+        # The data account opens its public endpoint only to dataAllowedIpRanges, only when given.
+        assert access == "isPrivate && empty(dataAllowedIpRanges) ? 'Disabled' : 'Enabled'"
+        rules = VARS[prop(acls, "ipRules")]
+        assert re.fullmatch(
+            r"\[for (\w+) in \(isPrivate \? dataAllowedIpRanges : \[\]\): \{ value: \1, action: 'Allow' \}\]",
+            rules,
+        ), rules
+        assert PARAMS["dataAllowedIpRanges"] == "array = []"
+
+
+def storage_endpoints() -> set[tuple[str, str]]:
+    """(account symbolic name, storage service) of each private endpoint main.bicep asks for."""
+    found = set()
+    for item in items(VARS["storageEndpoints"]):
+        account = re.search(r"storageId:\s*(\w+)\.id", item)
+        group = re.search(r"group:\s*'(\w+)'", item)
+        assert account and group, item
+        found.add((account.group(1), group.group(1)))
+    return found
+
+
+def test_private_endpoints_cover_every_storage_service_the_app_and_host_use() -> None:
+    assert storage_endpoints() == {
+        ("dataStorage", "blob"),
+        ("hostStorage", "blob"),
+        ("hostStorage", "table"),
+    }
+    # Every data-plane role the app holds on the host account has an endpoint for its service.
+    service_of_role = {
+        "storageBlobDataOwner": "blob",
+        "storageTableDataContributor": "table",
+        "storageQueueDataContributor": "queue",
+    }
+    for resource in MAIN.values():
+        if (
+            resource.type.endswith("roleAssignments")
+            and maybe_prop(resource.body, "scope") == "hostStorage"
+        ):
+            role = re.search(r"roles\.(\w+)\)", prop(resource.body, "roleDefinitionId"))
+            assert role, resource.name
+            assert ("hostStorage", service_of_role[role.group(1)]) in storage_endpoints()
+
+
+def test_private_network_module_is_deployed_only_in_private_mode_with_those_endpoints() -> None:
+    module = MAIN["privateNetwork"]
+    assert module.type == "network.bicep"
+    assert module.condition == "isPrivate"
+    params = prop(module.body, "params")
+    assert prop(params, "storageEndpoints") == "storageEndpoints"
+    assert prop(params, "addressPrefix") == "vnetAddressPrefix"
+    for subnet in ("appSubnetName", "aciSubnetName", "endpointSubnetName"):
+        assert prop(params, subnet) == subnet
+
+
+def test_private_endpoints_and_dns_zones_are_built_per_storage_service() -> None:
+    endpoints = NET["endpoints"]
+    assert endpoints.type == "Microsoft.Network/privateEndpoints"
+    assert endpoints.loop == "endpoint in storageEndpoints"
+    connection = prop(endpoints.body, "privateLinkServiceConnections")
+    assert prop(connection, "privateLinkServiceId") == "endpoint.storageId"
+    assert prop(connection, "groupIds") == "[endpoint.group]"
+    assert prop(endpoints.body, "subnet") == "{ id: '${vnet.id}/subnets/${endpointSubnetName}' }"
+
+    zone_name = "'privatelink.${group}.${zoneSuffix}'"
+    assert declarations(NETWORK_BICEP, "var")["zoneSuffix"] == "environment().suffixes.storage"
+    zones = NET["zones"]
+    assert zones.type == "Microsoft.Network/privateDnsZones"
+    assert (zones.loop, prop(zones.body, "name"), prop(zones.body, "location")) == (
+        "group in groups",
+        zone_name,
+        "'global'",
+    )
+    # One zone per service in use: blob and table, e.g. privatelink.blob.core.windows.net.
+    assert declarations(NETWORK_BICEP, "var")["groups"] == (
+        "union(map(storageEndpoints, endpoint => endpoint.group), [])"
+    )
+    links = NET["zoneLinks"]
+    assert links.type == "Microsoft.Network/privateDnsZones/virtualNetworkLinks"
+    assert prop(links.body, "parent") == "zones[i]"
+    assert prop(links.body, "virtualNetwork") == "{ id: vnet.id }"
+    assert prop(links.body, "registrationEnabled") == "false"
+
+    dns = NET["endpointDns"]
+    assert dns.type == "Microsoft.Network/privateEndpoints/privateDnsZoneGroups"
+    assert dns.loop == "(endpoint, i) in storageEndpoints"
+    assert prop(dns.body, "parent") == "endpoints[i]"
+    assert prop(dns.body, "privateDnsZoneId") == (
+        "resourceId('Microsoft.Network/privateDnsZones', 'privatelink.${endpoint.group}.${zoneSuffix}')"
+    )
+
+
+def subnet(name_param: str) -> str:
+    for item in items(prop(NET["vnet"].body, "subnets")):
+        if prop(item, "name") == name_param:
+            return item
+    raise AssertionError(f"no subnet {name_param}")
+
+
+@pytest.mark.parametrize(
+    ("name_param", "delegation", "index"),
+    [
+        ("appSubnetName", "'Microsoft.App/environments'", 0),
+        ("aciSubnetName", "'Microsoft.ContainerInstance/containerGroups'", 1),
+        ("endpointSubnetName", None, 2),
+    ],
+)
+def test_subnets_are_delegated_to_their_service(
+    name_param: str, delegation: str | None, index: int
+) -> None:
+    item = subnet(name_param)
+    assert prop(item, "addressPrefix") == f"cidrSubnet(addressPrefix, 24, {index})"
+    if delegation is None:
+        assert "delegations" not in item
+        assert prop(item, "privateEndpointNetworkPolicies") == "'Disabled'"
+    else:
+        assert prop(prop(item, "delegations"), "serviceName") == delegation
+        assert prop(item, "defaultOutboundAccess") == "true"  # ARM, Entra ID, image pulls
+
+
+def test_function_app_is_vnet_integrated_in_private_mode_after_the_network_exists() -> None:
+    body = MAIN["functionApp"].body
+    assert prop(body, "virtualNetworkSubnetId") == "isPrivate ? privateAppSubnetId : null"
+    assert VARS["privateAppSubnetId"] == (
+        "resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName)"
+    )
+    assert "privateNetwork" in prop(body, "dependsOn")
+    # The deployment package path is unchanged: the host account's blob endpoint, which the
+    # private DNS zone resolves to the private endpoint inside the VNet.
+    storage = prop(prop(body, "deployment"), "storage")
+    assert prop(storage, "value") == (
+        "'${hostStorage.properties.primaryEndpoints.blob}${deploymentContainer.name}'"
+    )
+
+
+def test_container_groups_get_the_private_subnet_and_may_join_it() -> None:
+    assert VARS["subnetSettings"] == (
+        "hasSubnet ? [{ name: 'ACI_SUBNET_ID', value: aciSubnetId }] : []"
+    )
+    assert VARS["hasSubnet"].startswith("isPrivate ||")
+    assert VARS["aciSubnetId"] == "isPrivate ? privateAciSubnetId : subnetId"
+    assert VARS["privateAciSubnetId"] == (
+        "resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, aciSubnetName)"
+    )
+    assert prop(MAIN["vnet"].body, "name") == "isPrivate ? vnetName : subnetParts[8]"
+    assert prop(MAIN["subnet"].body, "name") == "isPrivate ? aciSubnetName : subnetParts[10]"
+    assert VARS["subnetInThisGroup"].startswith("isPrivate ||")
+    join = MAIN["appJoinsSubnet"]
+    assert (join.condition, prop(join.body, "scope")) == ("subnetInThisGroup", "subnet")
+    assert "privateNetwork" in prop(join.body, "dependsOn")
+    # ACI_SUBNET_ID as the template writes it passes the app's own validation.
+    settings = load_settings(
+        {
+            "STORAGE_ACCOUNT_URL": "https://mldata.blob.core.windows.net",
+            "WATCH_CONTAINER": "watch",
+            "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
+            "ACI_RESOURCE_GROUP": "rg-ml",
+            "ACI_LOCATION": "westeurope",
+            "ACI_IMAGE": "mlacr.azurecr.io/modellauncher/worker:latest",
+            "ACI_SUBNET_ID": "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-ml"
+            "/providers/Microsoft.Network/virtualNetworks/ml-vnet-x/subnets/aci",
+        }
+    )
+    assert settings.subnet_id and settings.subnet_id.endswith("/subnets/aci")
+
+
+# ---------------------------------------------------------------------------------------------
+# azd: azure.yaml, infra/main.parameters.json and the service tag
+# ---------------------------------------------------------------------------------------------
+
+
+def test_azure_yaml_deploys_this_folder_as_a_python_function_to_the_tagged_app() -> None:
+    text = (REPO_ROOT / "azure.yaml").read_text()
+    services = re.search(r"^services:\n((?:[ ]{2}.*\n?)+)", text, re.M)
+    assert services, "azure.yaml has no services"
+    names = re.findall(r"^  (\w[\w-]*):\s*$", services.group(1), re.M)
+    assert len(names) == 1
+    fields = dict(re.findall(r"^    (\w+):\s*(\S+)\s*$", services.group(1), re.M))
+    assert fields == {"project": ".", "language": "python", "host": "function"}
+    assert (
+        prop(MAIN["functionApp"].body, "tags")
+        == f"union(tags, {{ 'azd-service-name': '{names[0]}' }})"
+    )
+    infra = dict(re.findall(r"^  (provider|path|module):\s*(\S+)\s*$", text, re.M))
+    assert infra == {"provider": "bicep", "path": "infra", "module": "main"}
+
+
+def test_azd_parameters_name_real_parameters_and_give_every_required_one() -> None:
+    parameters = json.loads((REPO_ROOT / "infra" / "main.parameters.json").read_text())[
+        "parameters"
+    ]
+    assert set(parameters) <= set(PARAMS)
+    required = {name for name, decl in PARAMS.items() if "=" not in decl}
+    assert required == {"namePrefix", "workerImage"}
+    assert required <= set(parameters)
+    assert parameters["location"]["value"] == "${AZURE_LOCATION}"
+    assert parameters["network"]["value"] == "${NETWORK=public}"
+    assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    assert MAIN["personWatchData"].condition == "!empty(principalId)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The app package: .funcignore keeps the environments out and everything the app imports in
+# ---------------------------------------------------------------------------------------------
+
+
+def app_files() -> set[str]:
+    """Repository files function_app.py needs at run time: the modules it imports, transitively
+    (packages' __init__.py included), plus the host's own files."""
+    needed = {"function_app.py", "host.json", "requirements.txt"}
+    todo = ["function_app.py"]
+    while todo:
+        tree = ast.parse((REPO_ROOT / todo.pop()).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for module in modules:
+                parts = module.split(".")
+                for depth in range(1, len(parts) + 1):
+                    base = "/".join(parts[:depth])
+                    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+                        if (REPO_ROOT / candidate).is_file() and candidate not in needed:
+                            needed.add(candidate)
+                            todo.append(candidate)
+    return needed
+
+
+def test_funcignore_keeps_environments_out_and_every_imported_module_in() -> None:
+    spec = pathspec.GitIgnoreSpec.from_lines((REPO_ROOT / ".funcignore").read_text().splitlines())
+    needed = app_files()
+    # The walk found the app's real dependencies (or this test would prove nothing).
+    assert {"config.py", "launcher/poll.py", "launcher/aci.py", "cleanup/sweep.py"} <= needed
+    assert {"launcher/__init__.py", "cleanup/__init__.py", "cleanup/admin.py"} <= needed
+    excluded = sorted(path for path in needed if spec.match_file(path))
+    assert excluded == []
+    for path in (
+        ".venv",  # a symlink in worktrees: matched as a file too
+        ".venv/bin/python",
+        "node_modules/azurite/package.json",
+        ".localdev/azurite/__blobstorage__/x",
+        "local.settings.json",
+        "tests/test_infra.py",
+        "localdev/host.py",
+        "worker/run.py",
+        "infra/main.bicep",
+        "launcher/__pycache__/poll.cpython-311.pyc",
+    ):
+        assert spec.match_file(path), path
+
+
+def test_deploy_script_stages_every_imported_module() -> None:
+    script = (REPO_ROOT / "scripts" / "deploy.sh").read_text()
+    staged = re.search(r"^APP_FILES=\(([^)]*)\)", script, re.M)
+    assert staged
+    roots = staged.group(1).split()
+    missing = sorted(p for p in app_files() if p not in roots and p.split("/")[0] not in roots)
+    assert missing == []
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/deploy.sh: the network flags are checked before anything touches Azure
+# ---------------------------------------------------------------------------------------------
+
+
+def run_deploy(*args: str) -> subprocess.CompletedProcess[str]:
+    base = ["-g", "rg-ml", "-l", "westeurope", "-p", "mlaunch", "-i", "img:latest"]
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "deploy.sh"), *base, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--network", "hybrid"], "network must be 'public' or 'private'"),
+        (
+            ["--network", "private", "--subnet-id", "/x/subnets/aci"],
+            "--subnet-id is for public mode",
+        ),
+        (["--allow-ip", "203.0.113.10"], "--allow-ip applies to private mode"),
+        (["--network", "private", "--allow-ip", "203.0.113.0/31"], "is not an IPv4 address"),
+        (["--network", "private", "--allow-ip", "10.0.0.1,bad"], "'bad' is not an IPv4 address"),
+    ],
+)
+def test_deploy_script_rejects_inconsistent_network_flags(args: list[str], message: str) -> None:
+    result = run_deploy(*args)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("az", path="/usr/bin:/bin") is not None, reason="az is installed")
+def test_deploy_script_accepts_private_mode_flags() -> None:
+    result = run_deploy("--network", "private", "--allow-ip", "203.0.113.10/32,198.51.100.0/24")
+    # Validation passed: the first thing that failed is the missing Azure CLI.
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: the Azure CLI (az) is not installed"
+
+
+def test_deployment_doc_lists_the_api_versions_the_templates_use() -> None:
+    doc = (REPO_ROOT / "docs" / "deployment.md").read_text()
+    documented = set()
+    for row in re.findall(r"^\| (`Microsoft\..*?) \| (\d{4}-\d{2}-\d{2}) \|$", doc, re.M):
+        names = re.findall(r"`([\w./]+)`", row[0])
+        namespace = names[0].split("/")[0]
+        for name in names:
+            full = name if name.startswith("Microsoft.") else f"{namespace}/{name}"
+            documented.add((full, row[1]))
+    used = {
+        (resource.type, resource.api_version)
+        for resource in [*MAIN.values(), *NET.values()]
+        if resource.api_version  # modules have none
+    }
+    assert len(used) >= 15
+    assert documented == used
