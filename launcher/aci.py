@@ -45,6 +45,7 @@ TAG_ATTEMPT = "ml-attempt"
 TAG_CREATED = "ml-created"
 TAG_KEPT = "ml-kept"
 TRANSITIONING = "ContainerGroupTransitioning"
+LEASE_LOST = "LeaseLost"  # not an ARM code: the launcher stopped before sending a PUT
 RETRY_ATTEMPTS = 6
 RETRY_MAX_SECONDS = 120.0
 MAX_RETRY_AFTER = 30.0
@@ -177,10 +178,18 @@ class AciHook:
             )
         return ours
 
-    def create(self, name: str, group: ContainerGroup) -> None:
-        """Send the PUT and return once ARM accepted it (201/200); never polls the LRO."""
+    def create(
+        self, name: str, group: ContainerGroup, guard: Callable[[], bool] | None = None
+    ) -> None:
+        """Send the PUT and return once ARM accepted it (201/200); never polls the LRO.
+
+        `guard` runs before every try (retries included) and must say True: the launcher's
+        proof that it still holds the poll lease, so no PUT leaves once it may not (AciError
+        `LeaseLost` otherwise)."""
 
         def put() -> None:
+            if guard is not None and not guard():
+                raise AciError(LEASE_LOST, "the poll lease is no longer held: PUT not sent")
             self.client.container_groups.begin_create_or_update(self.rg, name, group, polling=False)
 
         try:

@@ -40,6 +40,7 @@ from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from config import Settings
 from launcher.aci import (
+    LEASE_LOST,
     TAG_ATTEMPT,
     TAG_BATCH,
     TAG_CREATED,
@@ -58,6 +59,7 @@ from launcher.batch import (
     iso,
     parse_iso,
 )
+from launcher.blobs import LeaseLock
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
@@ -206,7 +208,13 @@ class LaunchResult:
 
 
 def launch_batch(
-    clients: Clients, manifest: Manifest, etag: str, existing: set[str], confirm: bool = False
+    clients: Clients,
+    manifest: Manifest,
+    etag: str,
+    existing: set[str],
+    *,
+    confirm: bool = False,
+    lease: LeaseLock | None = None,
 ) -> LaunchResult:
     """Launch the next attempt of a `claimed` batch and record it on the manifest.
 
@@ -215,6 +223,11 @@ def launch_batch(
     landed after the list was taken) double-checks with a GET before creating.
     A permanent error is recorded on the manifest (`last_error`) and the batch stays `claimed`,
     so a later tick retries it; nothing is lost.
+
+    `lease` (the poll lease) guards the PUT: it is sent, and retried, only while the lease is
+    ours for at least half its duration more (`LeaseLock.holds_for`), so a launcher that stalled
+    does not deploy after a successor may have acted. A PUT already in flight can still land
+    late; the container's own check (README, "What the container gets") covers that.
     """
     assert manifest.state is State.CLAIMED, manifest.state
     attempt = manifest.attempt + 1
@@ -232,9 +245,18 @@ def launch_batch(
                 # The spec (SAS validity) is dated from this manifest version: refresh it first
                 # when the batch waited long in `claimed`, e.g. for room to launch.
                 etag = clients.store.update(manifest, etag)
-            clients.hook.create(name, build_group(clients, manifest, attempt))
+            guard = None
+            if lease is not None:
+                margin = clients.settings.lease_seconds / 2
+                guard = lambda: lease.holds_for(margin)  # noqa: E731
+            clients.hook.create(name, build_group(clients, manifest, attempt), guard)
             logger.info("batch %s: created group %s (attempt %s)", manifest.batch_id, name, attempt)
     except (AciError, LaunchError) as exc:
+        if exc.code == LEASE_LOST:
+            logger.warning(
+                "batch %s: poll lease lost: group %s not created", manifest.batch_id, name
+            )
+            return LaunchResult(manifest.batch_id, name, False, etag=etag)
         logger.error("batch %s: launch of attempt %s failed: %s", manifest.batch_id, attempt, exc)
         manifest.last_error = {"code": exc.code, "message": exc.message, "at": iso(now) or ""}
         try:

@@ -125,7 +125,9 @@ class _Launcher:
             self.report.lease_lost = True
             return None
         try:
-            result = launch_batch(self.clients, manifest, etag, self.existing, confirm=confirm)
+            result = launch_batch(
+                self.clients, manifest, etag, self.existing, confirm=confirm, lease=self.lease
+            )
         except ManifestConflict:
             # Somebody else (a recovery after our lease was lost) moved this batch on.
             self.report.errors.append(f"batch {manifest.batch_id}: manifest changed during launch")

@@ -314,4 +314,39 @@ def test_a_batch_that_waited_in_claimed_is_refreshed_before_its_launch(
     start = parse_iso(
         dict(p.split("=", 1) for p in _sas_of(sent[0]).split("&"))["st"].replace("%3A", ":")
     )
-    assert start is not None and start > utcnow() - timedelta(minutes=10)
+    assert start is not None and start > utcnow() - timedelta(minutes=20)  # 15 min of skew room
+
+
+def test_no_put_leaves_once_the_poll_lease_may_be_someone_elses(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher that stalled past its lease, which a successor then took, sends no PUT: the
+    batch stays `claimed` for the new holder, with no error recorded."""
+    from azure.storage.blob import BlobLeaseClient
+
+    from launcher.batch import ManifestStore, iso, new_batch_id, utcnow
+    from launcher.blobs import LeaseLock
+    from launcher.launch import launch_batch
+
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    now = iso(utcnow()) or ""
+    m = Manifest(batch_id=new_batch_id(), state=State.CLAIMED, created=now, updated=now)
+    store: ManifestStore = clients.store
+    etag = store.create(m)
+    lease = LeaseLock(clients.container, clients.settings.poll_lock_blob, 15)
+    assert lease.try_acquire()
+    try:
+        lock = clients.container.get_blob_client(clients.settings.poll_lock_blob)
+        BlobLeaseClient(lock).break_lease(0)
+        BlobLeaseClient(lock).acquire(15)  # the successor
+        # The stall: by the launcher's own clock, its last renewal is a lease duration ago.
+        real = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: real() + 15)
+        result = launch_batch(clients, m, etag, set(), lease=lease)
+        monkeypatch.setattr(time, "monotonic", real)
+    finally:
+        lease.release()
+    assert not result.launched and result.error is None
+    assert pipeline.groups() == []
+    found = store.read(m.batch_id)
+    assert found is not None and found[0].state is State.CLAIMED and found[0].last_error is None

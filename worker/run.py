@@ -6,6 +6,8 @@ Exit codes (the janitor records them on the batch):
   2  at least one input is unreadable (missing blob, invalid UTF-8 in a text type, invalid JSON)
   3  storage error (authorization, network, throttling after retries): a relaunch may succeed
   4  unexpected internal error (a bug)
+  5  not run: this attempt is not the batch's current one, or it already started once (a late
+     or repeated deployment of the same container group); nothing was read or written
 The summary is written for codes 1 (once the environment is valid), 2 and 3 whenever storage
 allows it, so every failure can be inspected under the output prefix.
 """
@@ -30,6 +32,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
@@ -46,6 +49,7 @@ EXIT_CONFIG = 1
 EXIT_UNREADABLE = 2
 EXIT_STORAGE = 3
 EXIT_INTERNAL = 4
+EXIT_NOT_CURRENT = 5
 
 MAX_BLOB_NAME = 1024
 CHUNK_SIZE = 4 * 1024 * 1024  # per-request download size: bounds memory per concurrent input
@@ -158,6 +162,8 @@ class BatchRun:
         self.s = settings
         self.started = utcnow()
         self.credential: Any = None
+        self.skipped = False  # not the current attempt, or a repeated start: nothing done
+        self.first_exit: int | None = None  # a repeated start's first run's exit code
 
     def client(self) -> BlobServiceClient:
         """SAS when the launcher passed one, else the container's managed identity."""
@@ -191,7 +197,10 @@ class BatchRun:
         service = self.client()
         try:
             container = service.get_container_client(s.container)
-            return self._run(container)
+            code = self._run(container)
+            if not self.skipped:
+                self._record_exit(container, code)
+            return code
         finally:
             service.close()
             if self.credential is not None:
@@ -213,6 +222,26 @@ class BatchRun:
                 f"cannot read manifest {s.manifest}: {storage_error_text(exc)}",
             )
 
+        try:
+            stale = self._not_current(container, manifest)
+        except AzureError as exc:
+            return self._abort(
+                container,
+                EXIT_STORAGE,
+                f"cannot record the attempt's start: {storage_error_text(exc)}",
+            )
+        if stale:
+            self.skipped = True
+            code = EXIT_NOT_CURRENT if self.first_exit is None else self.first_exit
+            logger.warning(
+                "batch %s attempt %d: not run: %s (exit %d%s)",
+                s.batch_id,
+                s.attempt,
+                stale,
+                code,
+                "" if self.first_exit is None else ", the first run's exit code",
+            )
+            return code
         inputs, markers, duplicates = self._plan(manifest)
         logger.info(
             "batch %s attempt %d: %d inputs (%d ready markers skipped)",
@@ -257,6 +286,48 @@ class BatchRun:
                 code,
             )
         return code
+
+    def _not_current(self, container: ContainerClient, manifest: Manifest) -> str | None:
+        """The exactly-once contract of a container (README, "What the container gets"): run
+        only if this is the batch's current attempt, and only once. ACI runs a group again when
+        a PUT for it arrives after it terminated (it is deployed as new) and restarts it when a
+        PUT changes it; a launcher that stalled past its lease may send such a late PUT. So the
+        worker checks the manifest (state `launched`, attempt = ML_ATTEMPT) and then claims the
+        attempt with a create-only marker blob next to the batch; a second start of the same
+        attempt finds the marker and does nothing. Returns why not to run, or None."""
+        s = self.s
+        if manifest.state is not None and (
+            manifest.state != "launched" or manifest.attempt != s.attempt
+        ):
+            return (
+                f"the batch is {manifest.state}, attempt {manifest.attempt}; "
+                f"this is attempt {s.attempt}"
+            )
+        marker = f"{s.batch_prefix}_logs/attempt-{s.attempt}.started"
+        try:
+            container.upload_blob(marker, iso(utcnow()).encode(), overwrite=False)
+        except ResourceExistsError:
+            self.first_exit = self._first_exit(container)
+            return f"attempt {s.attempt} already started once ({marker} exists)"
+        return None
+
+    def _exit_marker(self) -> str:
+        return f"{self.s.batch_prefix}_logs/attempt-{self.s.attempt}.exit"
+
+    def _record_exit(self, container: ContainerClient, code: int) -> None:
+        """Best effort: a repeated start of this attempt repeats this exit code (see
+        `_not_current`), so the janitor records the outcome of the run that did the work."""
+        try:
+            container.upload_blob(self._exit_marker(), str(code).encode(), overwrite=True)
+        except AzureError as exc:
+            logger.warning("could not record the exit code: %s", storage_error_text(exc))
+
+    def _first_exit(self, container: ContainerClient) -> int | None:
+        try:
+            data = container.get_blob_client(self._exit_marker()).download_blob().readall()
+            return int(data.decode().strip())
+        except (AzureError, ValueError, UnicodeDecodeError):
+            return None
 
     def _plan(self, manifest: Manifest) -> tuple[list[InputFile], list[InputFile], list[InputFile]]:
         """Inputs to process, ready markers to skip, and repeated blobs (processed once)."""
