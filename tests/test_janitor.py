@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from azure.mgmt.containerinstance.models import (
     Container,
     ContainerGroup,
@@ -17,7 +16,6 @@ from azure.mgmt.containerinstance.models import (
     ResourceRequirements,
 )
 
-import cleanup.sweep as sweep_module
 from cleanup.sweep import SweepReport, sweep
 from launcher.clients import Clients
 from launcher.poll import poll
@@ -157,10 +155,9 @@ def test_failed_provisioning_is_a_failed_attempt(pipeline: Pipeline) -> None:
     assert m["reason"] and "pull" in m["reason"].lower()
 
 
-def test_vanished_group_is_relaunched(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweep_module, "VANISH_GRACE_SECONDS", 0)
+def test_vanished_group_is_relaunched(pipeline: Pipeline) -> None:
     drop(pipeline.container, ["incoming/a.txt"])
-    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3")
+    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3", VANISH_GRACE_SECONDS="0")
     poll(clients)
     batch = only_batch(pipeline)
     [group] = pipeline.groups()
