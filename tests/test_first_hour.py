@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -159,3 +160,31 @@ def test_a_failed_batch_names_its_file_and_the_cli_shows_logs_and_retries_once(
     assert new["retry_of"] == batch
     table = cli("cleanup", "batches", cwd=tmp_path, env=env).stdout
     assert f"retry of {batch}" in table and f"retried as {new['batch']}" in table
+
+
+def test_two_ctrl_c_stop_make_run_quietly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "localdev.run", "--free-ports"),
+            *("--settings", str(EXAMPLE), "--state-dir", str(tmp_path)),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Press Ctrl-C" in line:
+            break
+    assert (tmp_path / "run.pid").read_text() == str(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode in (0, 130), rest
+    assert "Traceback" not in "".join(seen) + rest
+    assert "functions-host stopped" in rest and "aci-emulator stopped" in rest
+    assert not (tmp_path / "run.pid").exists()
