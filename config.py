@@ -70,6 +70,7 @@ NO_RETRY_EXIT_CODES = "NO_RETRY_EXIT_CODES"
 KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
 ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
 STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
+VANISH_GRACE_SECONDS = "VANISH_GRACE_SECONDS"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -159,6 +160,7 @@ class Settings:
     keep_failed_groups: bool = False
     orphan_grace_minutes: int = 15
     stuck_claim_seconds: int = 300
+    vanish_grace_seconds: int = 120
 
     @property
     def poll_lock_blob(self) -> str:
@@ -584,10 +586,56 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
         stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),
+        vanish_grace_seconds=r.number(VANISH_GRACE_SECONDS, 120, int, 0, 24 * 3600),
     )
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+LOCAL_SETTINGS_FILE = "local.settings.json"
+
+
+def load_settings_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The `Values` of a local.settings.json (Core Tools' layout) as strings; ConfigError names
+    the file and what is wrong with it."""
+    try:
+        raw = json.loads(open(path, encoding="utf-8-sig").read())  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: not valid JSON ({exc})"]) from None
+    values = raw.get("Values") if isinstance(raw, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError([f"{path}: expected a JSON object with a 'Values' object"])
+    if raw.get("IsEncrypted"):
+        raise ConfigError([f"{path}: IsEncrypted is true; only plain-text values can be read"])
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        if isinstance(value, bool):
+            out[name] = "True" if value else "False"
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+    return out
+
+
+def settings_environment(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a command-line tool runs with: the settings file's Values under the environment
+    (the environment wins, as in the Functions host). Without `path`, ./local.settings.json is
+    read when it exists, so the CLIs run beside `make run` with the same settings."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        if not os.path.isfile(LOCAL_SETTINGS_FILE):
+            return env
+        path = LOCAL_SETTINGS_FILE
+    return {**load_settings_file(path), **env}
+
+
+def load_local_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings for a command-line tool: `settings_environment(path)`, validated."""
+    return load_settings(settings_environment(path))
 
 
 @functools.cache

@@ -7,14 +7,18 @@ the Functions host enforces the key (auth level FUNCTION: a function key or the 
 from __future__ import annotations
 
 import logging
+import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
 
 from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
 from launcher.batch import (
     LOGS_DIR,
+    RETRY_OF_METADATA,
     FileEntry,
     Manifest,
     ManifestConflict,
@@ -25,6 +29,7 @@ from launcher.batch import (
 from launcher.blobs import Restore, move_blob, restore_blob
 from launcher.clients import Clients, get_clients
 from launcher.errors import explain
+from launcher.launch import CONTAINER_NAME
 from launcher.poll import TickReport, poll
 
 logger = logging.getLogger(__name__)
@@ -139,6 +144,20 @@ def list_batches(params: Mapping[str, str]) -> Reply:
     return Reply(200, {"count": len(batches), "batches": batches})
 
 
+def dropped_folder(m: Manifest) -> str:
+    """What the user dropped, as they named it: the folder (folder mode), else the folder its
+    files share, else the one file's name, else how many loose files."""
+    if m.folder:
+        return m.folder.rstrip("/") + "/"
+    names = [f.name for f in m.files]
+    if len(names) == 1:
+        return names[0]
+    common = posixpath.commonpath(names) if names else ""
+    if common and common not in names:
+        return common + "/"
+    return f"{len(names)} files" if names else "-"
+
+
 def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[dict[str, Any]]:
     """Read the newest `limit` manifests (optionally of one state) from all three folders.
 
@@ -181,6 +200,7 @@ def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[d
             "batch": m.batch_id,
             "state": m.state.value,
             "folder": entry[1] + m.batch_id + "/",
+            "dropped": dropped_folder(m),
             "files": len(m.files),
             "attempt": m.attempt,
             "group": m.group,
@@ -190,6 +210,8 @@ def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[d
             "duration_seconds": last.duration_seconds if last else None,
             "exit_code": last.exit_code if last else None,
             "error": m.reason or (m.last_error or {}).get("message"),
+            "retry_of": m.retry_of,
+            "retried_at": (m.retried or {}).get("last_at"),
             "attempts": [a.__dict__ for a in m.attempts],
         }
 
@@ -225,7 +247,12 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
     container = clients.container
 
     def restore(entry: FileEntry) -> Restore:
-        return restore_blob(container, folder + entry.blob, s.incoming_prefix + entry.name)
+        return restore_blob(
+            container,
+            folder + entry.blob,
+            s.incoming_prefix + entry.name,
+            {RETRY_OF_METADATA: batch_id},
+        )
 
     results = clients.runner.map(restore, manifest.files)
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -277,6 +304,54 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
         already,
     )
     return {"batch": batch_id, "restored": restored, "kept": kept, "restored_earlier": already}
+
+
+@dataclass(frozen=True)
+class AttemptLogs:
+    batch: str
+    attempt: int
+    source: str  # the saved log blob, or "live from group NAME"
+    text: str
+
+
+def find_batch(clients: Clients, batch_id: str) -> tuple[Manifest, str]:
+    """A batch's manifest and its folder's prefix, wherever it is (processing/, done/, failed/)."""
+    s = clients.settings
+    for prefix in (s.processing_prefix, s.done_prefix, s.failed_prefix):
+        try:
+            found = clients.store.read(batch_id, prefix)
+        except ManifestUnreadable as exc:
+            raise BadRequest(f"batch {batch_id} is quarantined: {exc.reason}") from None
+        if found is not None:
+            return found[0], prefix
+    raise BadRequest(
+        f"no batch {batch_id!r} under {s.processing_prefix}, {s.done_prefix} or {s.failed_prefix}"
+    )
+
+
+def batch_logs(clients: Clients, batch_id: str, attempt: int | None = None) -> AttemptLogs:
+    """The container log of one attempt (default: the latest): the copy the janitor saved
+    under `_logs/`, or, while the attempt still runs, the live log from its group."""
+    manifest, prefix = find_batch(clients, batch_id)
+    number = attempt if attempt is not None else manifest.attempt
+    if number < 1:
+        raise BadRequest(f"batch {batch_id} has not been launched yet (state {manifest.state})")
+    rec = next((a for a in manifest.attempts if a.attempt == number), None)
+    if rec is None and number != manifest.attempt:
+        known = ", ".join(str(a.attempt) for a in manifest.attempts) or "none"
+        raise BadRequest(f"batch {batch_id} has no attempt {number} (attempts: {known})")
+    if rec is not None and rec.logs:
+        name = clients.store.folder(batch_id, prefix) + rec.logs
+        try:
+            text = clients.container.download_blob(name).readall().decode("utf-8", "replace")
+        except ResourceNotFoundError:
+            raise BadRequest(f"batch {batch_id} attempt {number}: {name} is missing") from None
+        return AttemptLogs(batch_id, number, name, text)
+    if manifest.state is State.LAUNCHED and number == manifest.attempt and manifest.group:
+        text = clients.hook.logs(manifest.group, CONTAINER_NAME)
+        return AttemptLogs(batch_id, number, f"live from group {manifest.group}", text)
+    outcome = rec.outcome if rec is not None else manifest.state.value
+    raise BadRequest(f"batch {batch_id} attempt {number} has no saved log ({outcome})")
 
 
 def release_quarantined(clients: Clients, batch_id: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ janitor lease (so a timer sweep and an on-demand sweep never overlap) and lists 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.mgmt.containerinstance.models import ContainerGroup
 
 from launcher import poll as launcher_poll
@@ -49,8 +50,12 @@ from launcher.poll import log_quarantined
 
 logger = logging.getLogger(__name__)
 
-VANISH_GRACE_SECONDS = 120
 SWEEP_CONCURRENCY = 8
+# A container's own account of why it failed: output/<batch>/_error.json (docs/operations.md
+# "Telling why a batch failed"). Read once per failed attempt, at most this many bytes.
+ERROR_REPORT = "_error.json"
+ERROR_REPORT_MAX_BYTES = 64 * 1024
+ERROR_REASON_MAX_CHARS = 500
 
 
 @dataclass
@@ -85,6 +90,8 @@ class SweepReport:
     handed_back: list[str] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # groups of quarantined batches
+    # `launched` batches whose group is gone, within VANISH_GRACE_SECONDS: batch, group, until
+    waiting: list[dict[str, str]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
@@ -194,6 +201,10 @@ class Sweep:
         rec = manifest.current_attempt() or Attempt(attempt=manifest.attempt, group=group)
         if rec not in manifest.attempts:
             manifest.attempts.append(rec)
+        if status.kind == "failed" and status.exit_code is not None and not self.dry_run:
+            told = self.error_report(batch_id, manifest.attempt)
+            if told:
+                status.reason = f"{status.reason}: {told}"
         rec.outcome = status.kind
         rec.exit_code = status.exit_code
         rec.reason = status.reason
@@ -277,6 +288,28 @@ class Sweep:
         if manifest.state is State.FINISHING:
             self.finish(manifest, etag)
 
+    def error_report(self, batch_id: str, attempt: int) -> str | None:
+        """The reason a failed container gave in output/<batch>/_error.json, if it wrote one for
+        this attempt: one bounded GET; absent, unreadable or foreign content is ignored."""
+        name = f"{self.s.output_prefix}{batch_id}/{ERROR_REPORT}"
+        try:
+            data = (
+                self.clients.container.get_blob_client(name)
+                .download_blob(offset=0, length=ERROR_REPORT_MAX_BYTES)
+                .readall()
+            )
+            doc = json.loads(data)
+        except (AzureError, ValueError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("reason"), str):
+            return None
+        if doc.get("attempt") is not None and doc.get("attempt") != attempt:
+            return None  # an earlier attempt's report
+        reason = " ".join(doc["reason"].split())
+        if len(reason) > ERROR_REASON_MAX_CHARS:
+            reason = reason[: ERROR_REASON_MAX_CHARS - 1] + "…"
+        return reason or None
+
     def finish(self, manifest: Manifest, etag: str) -> None:
         """Move a `finishing` batch to done/ or failed/ (idempotent, resumable).
 
@@ -340,7 +373,18 @@ class Sweep:
         attempt."""
         # Age by storage's clock and the manifest's Last-Modified (its launch write), so a host
         # clock ahead never declares a fresh group vanished.
-        if self.clients.clock.now() - ref.last_modified < timedelta(seconds=VANISH_GRACE_SECONDS):
+        until = ref.last_modified + timedelta(seconds=self.s.vanish_grace_seconds)
+        if self.clients.clock.now() < until:
+            self.report.waiting.append(
+                {"batch": ref.batch_id, "group": ref.group or "", "until": iso(until) or ""}
+            )
+            logger.info(
+                "batch %s: group %s not found; waiting until %s (VANISH_GRACE_SECONDS) before "
+                "counting the attempt as vanished",
+                ref.batch_id,
+                ref.group,
+                iso(until),
+            )
             return
         found = self.clients.store.read(ref.batch_id)
         if found is None or found[0].state is not State.LAUNCHED or not found[0].group:

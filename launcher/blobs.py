@@ -312,7 +312,9 @@ class Restore(Enum):
     MISSING = "missing"  # the source is gone (restored by an earlier run)
 
 
-def restore_blob(container: ContainerClient, source: str, dest: str) -> Restore:
+def restore_blob(
+    container: ContainerClient, source: str, dest: str, metadata: dict[str, str] | None = None
+) -> Restore:
     """Move an app-owned blob to a place users write to, never over what is there: the copy
     is create-only (If-None-Match: *), so a file a user dropped under the same name wins and
     the source stays. The source is deleted only after its copy landed, and only the version
@@ -329,6 +331,7 @@ def restore_blob(container: ContainerClient, source: str, dest: str) -> Restore:
             source_etag=props.etag,
             source_match_condition=MatchConditions.IfNotModified,
             match_condition=MatchConditions.IfMissing,  # If-None-Match: *
+            metadata=metadata,
         )
     except ResourceExistsError:
         return Restore.EXISTS

@@ -34,6 +34,7 @@ from azure.storage.blob import BlobProperties
 
 from config import Settings
 from launcher.batch import (
+    RETRY_OF_METADATA,
     FileEntry,
     Manifest,
     ManifestConflict,
@@ -64,6 +65,7 @@ class Candidate:
     etag: str
     size: int
     last_modified: datetime
+    retry_of: str | None = None  # metadata mlretryof: put back by `cleanup retry` of that batch
 
 
 @dataclass
@@ -115,7 +117,14 @@ def scan(settings: Settings, blobs: Iterable[BlobProperties], now: datetime) -> 
             result.blocked[blob.name] = why
             continue
         relative = blob.name[len(prefix) :]
-        cand = Candidate(blob.name, relative, str(blob.etag), int(blob.size), blob.last_modified)
+        cand = Candidate(
+            blob.name,
+            relative,
+            str(blob.etag),
+            int(blob.size),
+            blob.last_modified,
+            (blob.metadata or {}).get(RETRY_OF_METADATA),
+        )
         settled = blob.last_modified <= now - settle
         if not settled:
             result.unsettled += 1
@@ -464,6 +473,7 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
         mode=s.batch_mode,
         folder=plan.folder,
         ready_marker=s.batch_ready_marker,
+        retry_of=min((c.retry_of for c in plan.files if c.retry_of), default=None),
     )
     etag = clients.store.create(manifest)
     # The manifest is written; now prove the lease is still ours before touching a file. A poll

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from azure.mgmt.containerinstance.models import (
     Container,
     ContainerGroup,
@@ -17,7 +16,6 @@ from azure.mgmt.containerinstance.models import (
     ResourceRequirements,
 )
 
-import cleanup.sweep as sweep_module
 from cleanup.sweep import SweepReport, sweep
 from launcher.clients import Clients
 from launcher.poll import poll
@@ -157,10 +155,9 @@ def test_failed_provisioning_is_a_failed_attempt(pipeline: Pipeline) -> None:
     assert m["reason"] and "pull" in m["reason"].lower()
 
 
-def test_vanished_group_is_relaunched(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweep_module, "VANISH_GRACE_SECONDS", 0)
+def test_vanished_group_is_relaunched(pipeline: Pipeline) -> None:
     drop(pipeline.container, ["incoming/a.txt"])
-    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3")
+    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3", VANISH_GRACE_SECONDS="0")
     poll(clients)
     batch = only_batch(pipeline)
     [group] = pipeline.groups()
@@ -317,3 +314,18 @@ def test_retry_puts_a_failed_batch_back_into_incoming(pipeline: Pipeline) -> Non
     assert manifest_of(pipeline, batch)[1]["retried"] == m["retried"]
     poll(clients)
     assert len({n.split("/")[1] for n in all_names(pipeline.container, "processing/")}) == 1
+
+
+def test_a_vanished_group_waits_out_its_grace_and_says_until_when(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(**QUICK, VANISH_GRACE_SECONDS="3600")
+    poll(clients)
+    batch = only_batch(pipeline)
+    [group] = pipeline.groups()
+    pipeline.arm().container_groups.begin_delete(pipeline.resource_group, group.name).result()
+    report = sweep(clients)
+    [waiting] = report.waiting
+    assert waiting["batch"] == batch and waiting["group"] == group.name
+    assert waiting["until"] > manifest_of(pipeline, batch)[1]["launched_at"]
+    _, m = manifest_of(pipeline, batch)
+    assert m["state"] == "launched" and m["attempts"][-1]["outcome"] is None

@@ -9,7 +9,9 @@ Exit codes (the janitor records them on the batch):
   5  not run: this attempt is not the batch's current one, or it already started once (a late
      or repeated deployment of the same container group); nothing was read or written
 The summary is written for codes 1 (once the environment is valid), 2 and 3 whenever storage
-allows it, so every failure can be inspected under the output prefix.
+allows it, so every failure can be inspected under the output prefix. A failure also writes
+`_error.json` there (the contract the janitor reads to name a failed batch's cause; see
+ERROR_NAME and worker/README.md).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ MAX_BLOB_NAME = 1024
 CHUNK_SIZE = 4 * 1024 * 1024  # per-request download size: bounds memory per concurrent input
 PROGRESS_EVERY = 256 * 1024 * 1024
 SUMMARY_NAME = "_summary.json"
+# The failure report the janitor reads into the batch's reason: {"version", "attempt",
+# "exit_code", "reason", "files": [{"name", "error"}]}; kept small (the janitor reads 64 KiB).
+ERROR_NAME = "_error.json"
+MAX_ERROR_FILES = 20
 RESULTS_DIR = "_results"
 JSON_CONTENT = ContentSettings(content_type="application/json; charset=utf-8")
 
@@ -262,6 +268,16 @@ class BatchRun:
         )
         if not self._upload(container, s.output_prefix + SUMMARY_NAME, summary, "summary"):
             code = EXIT_STORAGE
+        if code != EXIT_OK:
+            failed = storage + unreadable
+            if failed:
+                what = "unreadable" if failed[0].kind == "unreadable" else "not readable (storage)"
+                reason = f"input {failed[0].entry.name} is {what}: {failed[0].error}"
+            else:
+                reason = f"cannot write {s.output_prefix}{SUMMARY_NAME}"
+            if len(failed) > 1:
+                reason += f" (and {len(failed) - 1} more input(s))"
+            self._report_error(container, code, reason, failed)
         totals = summary["totals"]
         if code == EXIT_OK:
             logger.info(
@@ -481,7 +497,21 @@ class BatchRun:
         logger.error("FAILED: batch %s attempt %d: %s", self.s.batch_id, self.s.attempt, reason)
         summary = self._summary(None, [], markers=[], duplicates=[], code=code, fatal=reason)
         self._upload(container, self.s.output_prefix + SUMMARY_NAME, summary, "summary")
+        self._report_error(container, code, reason, [])
         return code
+
+    def _report_error(
+        self, container: ContainerClient, code: int, reason: str, failed: list[Outcome]
+    ) -> None:
+        """Write the failure report the janitor turns into the batch's reason (best effort)."""
+        doc = {
+            "version": 1,
+            "attempt": self.s.attempt,
+            "exit_code": code,
+            "reason": reason,
+            "files": [{"name": o.entry.name, "error": o.error} for o in failed[:MAX_ERROR_FILES]],
+        }
+        self._upload(container, self.s.output_prefix + ERROR_NAME, doc, "error report")
 
 
 def main(env: dict[str, str] | None = None) -> int:
