@@ -71,6 +71,9 @@ KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
 ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
 STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
 VANISH_GRACE_SECONDS = "VANISH_GRACE_SECONDS"
+MAX_PLATFORM_RELAUNCHES = "MAX_PLATFORM_RELAUNCHES"
+ACI_LOG_ANALYTICS_WORKSPACE_ID = "ACI_LOG_ANALYTICS_WORKSPACE_ID"
+ACI_LOG_ANALYTICS_WORKSPACE_KEY = "ACI_LOG_ANALYTICS_WORKSPACE_KEY"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -161,6 +164,9 @@ class Settings:
     orphan_grace_minutes: int = 15
     stuck_claim_seconds: int = 300
     vanish_grace_seconds: int = 120
+    max_platform_relaunches: int = 3
+    log_analytics_workspace_id: str | None = None
+    log_analytics_workspace_key: str | None = field(default=None, repr=False)
 
     @property
     def poll_lock_blob(self) -> str:
@@ -519,6 +525,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if subnet_id is not None and "/subnets/" not in subnet_id.lower():
         r.problems.append(f"{ACI_SUBNET_ID} must be a subnet resource ID (.../subnets/NAME)")
 
+    workspace_id = r.text(ACI_LOG_ANALYTICS_WORKSPACE_ID)
+    workspace_key = r.text(ACI_LOG_ANALYTICS_WORKSPACE_KEY)
+    if bool(workspace_id) != bool(workspace_key):
+        r.problems.append(
+            f"{ACI_LOG_ANALYTICS_WORKSPACE_ID} and {ACI_LOG_ANALYTICS_WORKSPACE_KEY} go together"
+        )
+    if workspace_id and not _GUID_RE.match(workspace_id):
+        r.problems.append(
+            f"{ACI_LOG_ANALYTICS_WORKSPACE_ID} must be the workspace's customer id (a GUID)"
+        )
+
     group_prefix = r.text(GROUP_PREFIX) or "ml-"
     if not _GROUP_PREFIX_RE.match(group_prefix) or len(group_prefix) > 20:
         r.problems.append(
@@ -587,6 +604,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
         stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),
         vanish_grace_seconds=r.number(VANISH_GRACE_SECONDS, 120, int, 0, 24 * 3600),
+        max_platform_relaunches=r.number(MAX_PLATFORM_RELAUNCHES, 3, int, 0, 20),
+        log_analytics_workspace_id=workspace_id,
+        log_analytics_workspace_key=workspace_key,
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -50,6 +50,29 @@ from launcher.poll import log_quarantined
 
 logger = logging.getLogger(__name__)
 
+# Exit codes of a container the platform killed ("Container instance exit codes": 7147
+# "Killed by the platform", 7148 "Killed due to a host issue / container group failure").
+PLATFORM_KILL_EXIT_CODES = frozenset({7147, 7148})
+# What ACI keeps of a terminated container's log ("Retrieve container logs and events"): the
+# last 16 KB or 1,000 lines; the running container's is capped at 4 MB.
+ACI_TERMINATED_LOG_BYTES = 16 * 1024
+ACI_TERMINATED_LOG_LINES = 1000
+
+
+def truncation_note(logs: str) -> str:
+    """A first line for a saved log that may have lost its beginning: ACI keeps only the tail
+    of a terminated container's log, and the janitor reads it after termination."""
+    size = len(logs.encode("utf-8", "replace"))
+    if size < ACI_TERMINATED_LOG_BYTES - 1024 and logs.count("\n") < ACI_TERMINATED_LOG_LINES - 1:
+        return ""
+    return (
+        "[model-launcher] ACI keeps only the last 16 KB / 1,000 lines of a stopped container's "
+        f"log and this one is {size} bytes: its beginning is probably missing. Complete logs: "
+        "Log Analytics (ACI_LOG_ANALYTICS_WORKSPACE_ID), or the worker's own "
+        "_logs/attempt-<n>.worker.log when the image writes one (the sample worker does).\n"
+    )
+
+
 SWEEP_CONCURRENCY = 8
 # A container's own account of why it failed: output/<batch>/_error.json (docs/operations.md
 # "Telling why a batch failed"). Read once per failed attempt, at most this many bytes.
@@ -218,15 +241,33 @@ class Sweep:
             rec.logs = f"{LOGS_DIR}/attempt-{manifest.attempt}.log"
 
         succeeded = status.kind == "succeeded"
+        platform = (
+            status.kind == "failed"
+            and status.exit_code in PLATFORM_KILL_EXIT_CODES
+            and manifest.platform_kills < self.s.max_platform_relaunches
+        )
+        counted = manifest.attempt - manifest.platform_kills  # attempts MAX_ATTEMPTS counts
         if succeeded:
             manifest.state, manifest.target = State.FINISHING, "done"
             verdict = f"batch {batch_id} attempt {manifest.attempt} succeeded"
-        elif (
-            manifest.attempt >= self.s.max_attempts
-            or status.exit_code in self.s.no_retry_exit_codes
-        ):
+        elif platform:
+            # ACI killed the container itself (maintenance, a host failure): not the batch's
+            # fault, so the relaunch does not use up one of MAX_ATTEMPTS.
+            manifest.platform_kills += 1
+            rec.outcome = status.kind = "platform-killed"
+            rec.reason = status.reason = (
+                f"killed by the platform (exit {status.exit_code}); relaunched without counting "
+                f"against MAX_ATTEMPTS ({manifest.platform_kills} of "
+                f"{self.s.max_platform_relaunches} such relaunches)"
+            )
+            manifest.state = State.CLAIMED
+            verdict = (
+                f"batch {batch_id} attempt {manifest.attempt} {status.reason}: relaunch as "
+                f"attempt {manifest.attempt + 1}"
+            )
+        elif counted >= self.s.max_attempts or status.exit_code in self.s.no_retry_exit_codes:
             manifest.state, manifest.target = State.FINISHING, "failed"
-            manifest.reason = f"attempt {manifest.attempt}/{self.s.max_attempts}: {status.reason}"
+            manifest.reason = f"attempt {counted}/{self.s.max_attempts}: {status.reason}"
             if status.exit_code in self.s.no_retry_exit_codes:
                 manifest.reason += " (listed in NO_RETRY_EXIT_CODES: not retried)"
             verdict = f"batch {batch_id} failed for good ({manifest.reason})"
@@ -254,6 +295,7 @@ class Sweep:
                 logs = self.clients.hook.logs(group, CONTAINER_NAME)
             except AciError as exc:  # e.g. ContainerLogNotAvailable: the container never started
                 logs = f"(no container logs: {exc.code}: {exc.message})\n"
+            logs = truncation_note(logs) + logs
         if status.kind == "timeout":
             self.clients.hook.stop(group)
         if rec.logs:

@@ -153,6 +153,9 @@ class Manifest:
     discarded: list[str] = field(default_factory=list)
     # How often recovery took over this claim from a tick that crashed or stalled.
     takeovers: int = 0
+    # Attempts the platform killed (exit 7147/7148): relaunched without counting against
+    # MAX_ATTEMPTS, up to MAX_PLATFORM_RELAUNCHES.
+    platform_kills: int = 0
     retried: dict[str, Any] | None = None  # set by `cleanup retry`: when, and what was restored
     retry_of: str | None = None  # the failed batch whose inputs `cleanup retry` put back
     rev: str = ""

@@ -26,11 +26,13 @@ from typing import Any
 from azure.mgmt.containerinstance.models import (
     Container,
     ContainerGroup,
+    ContainerGroupDiagnostics,
     ContainerGroupIdentity,
     ContainerGroupSubnetId,
     EnvironmentVariable,
     GpuResource,
     ImageRegistryCredential,
+    LogAnalytics,
     OperatingSystemTypes,
     ResourceRequests,
     ResourceRequirements,
@@ -194,6 +196,16 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
         group.image_registry_credentials = [cred]
     if s.subnet_id:
         group.subnet_ids = [ContainerGroupSubnetId(id=s.subnet_id)]
+    if s.log_analytics_workspace_id and s.log_analytics_workspace_key:
+        # ACI ships every line of the container's log to the workspace: the complete log,
+        # where the one ACI keeps after the container stopped is its last 16 KB / 1,000 lines.
+        group.diagnostics = ContainerGroupDiagnostics(
+            log_analytics=LogAnalytics(
+                workspace_id=s.log_analytics_workspace_id,
+                workspace_key=s.log_analytics_workspace_key,
+                log_type="ContainerInstanceLogs",
+            )
+        )
     return group
 
 

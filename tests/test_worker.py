@@ -490,3 +490,18 @@ def test_a_second_start_of_one_attempt_repeats_its_exit_code_without_work(
     assert "already started once" in second.out
     assert not batch.exists(batch.output + "_summary.json")  # no work the second time
     assert summary["exit_code"] == 2
+
+
+def test_the_worker_saves_its_complete_log_next_to_the_batch(
+    batch: Batch, azurite: Azurite, sas: str
+) -> None:
+    """ACI keeps only the tail of a stopped container's log; the worker's own copy is whole."""
+    entries = [batch.add(f"f{i:04d}.txt", b"x\n") for i in range(1200)]
+    batch.write_manifest(entries)
+    run = run_worker(contract(azurite, batch, sas))
+    assert run.code == 0, run.out[-2000:]
+    log = batch.container.download_blob(batch.prefix + "_logs/attempt-1.worker.log").readall()
+    text = log.decode()
+    assert "worker" in text.splitlines()[0] and "starting" in text.splitlines()[0]
+    assert "succeeded" in text.splitlines()[-1]
+    assert_no_secret(Run(0, text), sas)

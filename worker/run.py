@@ -22,6 +22,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,14 +101,25 @@ def sas_secrets(sas: str | None) -> list[str]:
     return secrets
 
 
+# The worker's own copy of its log (a temporary file), uploaded next to the batch at the end:
+# ACI keeps only the last 16 KB / 1,000 lines of a stopped container's log, which is what the
+# janitor saves.
+full_log_path: str | None = None
+
+
 def setup_logging(secrets: list[str]) -> None:
     # Container logs are read as UTF-8; user file names must survive whatever the locale is.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(RedactingFormatter(secrets))
+    global full_log_path  # one per process, like the root logger
+    fd, full_log_path = tempfile.mkstemp(prefix="worker-", suffix=".log")
+    os.close(fd)
+    full = logging.FileHandler(full_log_path, encoding="utf-8", errors="backslashreplace")
+    full.setFormatter(RedactingFormatter(secrets))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, full]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # SDK warnings go through the redacting handler too
     # The SDK's per-request logging is noise in container logs; its warnings still show.
@@ -206,6 +218,7 @@ class BatchRun:
             code = self._run(container)
             if not self.skipped:
                 self._record_exit(container, code)
+                self._upload_full_log(container)
             return code
         finally:
             service.close()
@@ -337,6 +350,19 @@ class BatchRun:
             container.upload_blob(self._exit_marker(), str(code).encode(), overwrite=True)
         except AzureError as exc:
             logger.warning("could not record the exit code: %s", storage_error_text(exc))
+
+    def _upload_full_log(self, container: ContainerClient) -> None:
+        """Best effort: the complete log of this attempt as `_logs/attempt-<n>.worker.log`."""
+        name = f"{self.s.batch_prefix}_logs/attempt-{self.s.attempt}.worker.log"
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        if full_log_path is None:
+            return
+        try:
+            with open(full_log_path, "rb") as data:
+                container.upload_blob(name, data, overwrite=True)
+        except (AzureError, OSError) as exc:
+            logger.warning("could not save the full log: %s", exc)
 
     def _first_exit(self, container: ContainerClient) -> int | None:
         try:
