@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
+                    # Azure's defaults otherwise; only the app's resource group exists.
+                    "--resource-group",
+                    values.get("ACI_RESOURCE_GROUP", "rg-local"),
                 ],
                 "aci-emulator",
                 state,

@@ -456,7 +456,11 @@ class Stack(contextlib.ExitStack):
 
     def start(self) -> Stack:
         self.azurite = self.enter_context(run_azurite())
-        self.emulator = self.enter_context(start_emulator(self.workdir / "aci", page_size=100))
+        # Azure's defaults (provisioning time, limits, quotas, budgets); the arenas' resource
+        # groups (`rg-chaos-...`) exist.
+        self.emulator = self.enter_context(
+            start_emulator(self.workdir / "aci", page_size=100, resource_groups=["rg-chaos-*"])
+        )
         # Registered after both services, so it runs first on the way out: children die before
         # the services they talk to.
         self.callback(self.procs.kill_all)
