@@ -332,7 +332,6 @@ def test_a_batch_that_waited_in_claimed_is_refreshed_before_its_launch(
     assert start is not None and start > utcnow() - timedelta(minutes=10)
 
 
-
 def _tick_refused(pipeline: Pipeline, code: str) -> None:
     """The tick fails at its first ARM call with an AciError naming Azure's code, before it
     claims anything: the files stay in incoming/ for the tick after the fix."""

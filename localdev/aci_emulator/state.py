@@ -142,6 +142,7 @@ class Group:
     accepted: float = 0.0
     creating_at: float = 0.0
     ready_at: float = 0.0
+    deployment: int = 1  # a terminated group deployed as new starts a new deployment (and log)
     pull_failure: str | None = None
     timeout_at: float = 0.0  # provisioning still not done then (a failing pull): Failed
     next_pull: float | None = None  # when a failing pull is retried

@@ -217,6 +217,7 @@ class Store:
                 )
             if terminated:
                 budget = self.budgets.take(sub, spec.location, "create", creates, now)
+                group.deployment += 1
             else:
                 budget = self.budgets.headers(sub, spec.location, "create", creates, now)
                 for c in group.containers:
@@ -523,8 +524,12 @@ class Store:
         group.next_pull = None
         group.pull_backoff = 0.0
         group.events = []
+        suffix = f"-{group.deployment}" if group.deployment > 1 else ""
         log_dir = (
-            self.log_dir / group.sub.lower() / group.rg.lower() / f"{group.name}-{group.uid[:8]}"
+            self.log_dir
+            / group.sub.lower()
+            / group.rg.lower()
+            / f"{group.name}-{group.uid[:8]}{suffix}"
         )
         runs = []
         for c in spec.containers:
