@@ -162,7 +162,8 @@ def test_a_failing_pull_retries_until_the_provisioning_timeout(
         10,
         "provisioning to fail after the timeout",
     )
-    assert client.container_groups.get(rg, "nopull").instance_view.state == "Pending"
+    failed: Any = client.container_groups.get(rg, "nopull")
+    assert failed.instance_view.state == "Pending"
 
 
 # ------------------------------------------------------------------- PUT on an existing group
@@ -215,7 +216,8 @@ def test_put_for_a_terminated_group_deploys_it_as_new_and_it_runs_again(
         client.container_groups.stop(rg, "again")
     else:
         finished(client, rg, "again")
-    assert client.container_groups.get(rg, "again").instance_view.state == end
+    ended: Any = client.container_groups.get(rg, "again")
+    assert ended.instance_view.state == end
 
     assert status_of_put(client, rg, "again", body) == 200  # the same spec
     wait_for(lambda: runs.read_text() == "xx", 10, "the second run")
