@@ -401,7 +401,10 @@ class Store:
             if group.provisioning:
                 retry_after = self.options.snapshot().operation_retry_after
                 if retry_after is None:  # poll again when provisioning is due to end
-                    retry_after = round(min(max(group.ready_at - now, 0.05), 5.0), 2)
+                    due = group.ready_at
+                    if due <= now:  # a failing pull is being retried: until it may change
+                        due = min(group.timeout_at, group.next_pull or group.timeout_at)
+                    retry_after = round(min(max(due - now, 0.05), 5.0), 2)
                 if retry_after:
                     headers["Retry-After"] = f"{retry_after:g}"
             if group.provisioning_state == "Failed":
