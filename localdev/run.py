@@ -394,6 +394,9 @@ def _serve(
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
+                    # Azure's defaults otherwise; only the app's resource group exists.
+                    "--resource-group",
+                    values.get("ACI_RESOURCE_GROUP", "rg-local"),
                 ],
                 "aci-emulator",
                 state,

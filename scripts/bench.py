@@ -988,7 +988,22 @@ def main(argv: list[str] | None = None) -> int:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ml-bench-")))
-        emulator = stack.enter_context(start_emulator(workdir / "aci"))
+        # Azure's defaults, except that the sweep sets up `sweep_groups` (200) groups at once:
+        # ContainerGroups, StandardCores and the create/delete budgets (100 per 5 minutes) are
+        # Azure's "changeable limits", raised here as a subscription running at that scale
+        # would have them raised. Every benchmark resource group is `rg-<container>`.
+        emulator = stack.enter_context(
+            start_emulator(
+                workdir / "aci",
+                resource_groups=["rg-*"],
+                quota=None,
+                cores_quota=None,
+                creates_per_5_minutes=None,
+                creates_per_hour=None,
+                deletes_per_5_minutes=None,
+                deletes_per_hour=None,
+            )
+        )
         bench = Bench(cfg, workdir, emulator, args.profile)
         stack.callback(bench.close)
         bench.storage = stack.enter_context(

@@ -54,6 +54,14 @@ def sweep_until(
     raise TimeoutError(f"condition not reached; last report {reports[-1] if reports else None}")
 
 
+def wait_provisioned(p: Pipeline, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while p.get_group(name).provisioning_state in ("Pending", "Creating"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} still provisioning")
+        time.sleep(0.2)
+
+
 def only_batch(p: Pipeline) -> str:
     ids = {n.split("/")[1] for n in all_names(p.container) if n.endswith("/_batch.json")}
     assert len(ids) == 1, ids
@@ -145,6 +153,9 @@ def test_timeout_stops_the_group_and_counts_as_a_failed_attempt(pipeline: Pipeli
 
 
 def test_failed_provisioning_is_a_failed_attempt(pipeline: Pipeline) -> None:
+    # ACI retries a failing pull until its provisioning timeout (30 min) before provisioning
+    # turns Failed; 3 s here.
+    pipeline.emulator.configure(provision_timeout_seconds=3)
     drop(pipeline.container, ["incoming/a.txt"])
     clients = pipeline.clients(ACI_IMAGE="registry.invalid/nope:1", MAX_ATTEMPTS="1")
     poll(clients)
@@ -161,6 +172,7 @@ def test_vanished_group_is_relaunched(pipeline: Pipeline) -> None:
     poll(clients)
     batch = only_batch(pipeline)
     [group] = pipeline.groups()
+    wait_provisioned(pipeline, str(group.name))  # ACI refuses to delete a group being created
     pipeline.arm().container_groups.begin_delete(pipeline.resource_group, group.name).result()
     sweep_until(clients, lambda: manifest_of(pipeline, batch)[0] == "done/")
     _, m = manifest_of(pipeline, batch)

@@ -67,8 +67,6 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
         ACI_COMMAND=PRINT_ENV,
         ACI_CPU="2",
         ACI_MEMORY_GB="3.5",
-        ACI_GPU_SKU="V100",
-        ACI_GPU_COUNT="1",
         ACI_ENV_MODEL="small",
         ACI_SECURE_ENV_TOKEN="top-secret-value",
         ACI_IDENTITY_ID=IDENTITY,
@@ -90,7 +88,7 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
     assert group.image_registry_credentials[0].server == "myregistry.azurecr.io"
     container = group.containers[0]
     res = container.resources.requests
-    assert (res.cpu, res.memory_in_gb, res.gpu.sku, res.gpu.count) == (2.0, 3.5, "V100", 1)
+    assert (res.cpu, res.memory_in_gb, res.gpu) == (2.0, 3.5, None)
     env = {e.name: e for e in container.environment_variables}
     assert env["MODEL"].value == "small"
     assert env["ML_BATCH_ID"].value == batch["batch_id"]
@@ -108,6 +106,22 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
     )
     assert f"('ML_BATCH_ID', {len(batch['batch_id'])})" in logs
     assert "('TOKEN', 16)" in logs
+
+
+def test_a_gpu_group_is_launched_but_not_in_a_virtual_network(pipeline: Pipeline) -> None:
+    """ACI has no GPU groups in a virtual network ("Resource availability & quota limits for
+    ACI"): the launch is refused and the refusal recorded on the batch."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    gpu = {"ACI_IMAGE": "python:3.11", "ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "1"}
+    poll(pipeline.clients(ACI_SUBNET_ID=SUBNET, **gpu))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and m["last_error"]["code"] == "ServiceUnavailable"
+    assert pipeline.groups() == []
+    recover(pipeline.clients(**gpu))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "launched"
+    res = pipeline.get_group(m["group"]).containers[0].resources.requests
+    assert (res.gpu.sku, res.gpu.count) == ("V100", 1)
 
 
 def test_without_identity_the_container_gets_a_scoped_sas_as_a_secure_value(
@@ -350,3 +364,45 @@ def test_no_put_leaves_once_the_poll_lease_may_be_someone_elses(
     assert pipeline.groups() == []
     found = store.read(m.batch_id)
     assert found is not None and found[0].state is State.CLAIMED and found[0].last_error is None
+
+
+def _tick_refused(pipeline: Pipeline, code: str) -> None:
+    """The tick fails at its first ARM call with an AciError naming Azure's code, before it
+    claims anything: the files stay in incoming/ for the tick after the fix."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    with pytest.raises(AciError) as info:
+        poll(clients)
+    assert info.value.code == code
+    names = [b.name for b in pipeline.container.list_blobs()]
+    assert [n for n in names if n != "locks/poll"] == ["incoming/a.txt"]
+
+
+def test_a_missing_role_assignment_fails_the_tick_before_anything_is_claimed(
+    pipeline: Pipeline,
+) -> None:
+    """Azure answers 403 `AuthorizationFailed` when the app's identity has no role there."""
+    pipeline.emulator.configure(authorization_failed=True)
+    _tick_refused(pipeline, "AuthorizationFailed")
+
+
+def test_a_missing_resource_group_fails_the_tick_before_anything_is_claimed(
+    pipeline: Pipeline,
+) -> None:
+    """Azure answers 404 `ResourceGroupNotFound` for a resource group that does not exist."""
+    pipeline.emulator.configure(resource_groups=[])
+    _tick_refused(pipeline, "ResourceGroupNotFound")
+
+
+def test_a_spent_create_budget_is_recorded_without_pointless_retries(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spent create budget (429, Retry-After of minutes) is recorded on the batch with one
+    PUT; the next tick tries again."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    pipeline.emulator.configure(creates_per_5_minutes=0)
+    pipeline.emulator.reset_stats()
+    poll(pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]'))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and m["last_error"]["code"] == "ResourceRequestsThrottled"
+    assert pipeline.emulator.stats()["requests"]["PUT container_group"] == 1
