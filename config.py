@@ -31,6 +31,7 @@ DONE_PREFIX = "DONE_PREFIX"
 FAILED_PREFIX = "FAILED_PREFIX"
 OUTPUT_PREFIX = "OUTPUT_PREFIX"
 LOCK_PREFIX = "LOCK_PREFIX"
+INDEX_PREFIX = "INDEX_PREFIX"
 POLL_SCHEDULE = "POLL_SCHEDULE"
 JANITOR_SCHEDULE = "JANITOR_SCHEDULE"
 BATCH_MODE = "BATCH_MODE"
@@ -70,6 +71,7 @@ NO_RETRY_EXIT_CODES = "NO_RETRY_EXIT_CODES"
 KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
 ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
 STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
+STALL_ALARM_MINUTES = "STALL_ALARM_MINUTES"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -117,6 +119,7 @@ class Settings:
     failed_prefix: str
     output_prefix: str
     lock_prefix: str
+    index_prefix: str
     # schedules and batching
     poll_schedule: str
     janitor_schedule: str
@@ -159,6 +162,7 @@ class Settings:
     keep_failed_groups: bool = False
     orphan_grace_minutes: int = 15
     stuck_claim_seconds: int = 300
+    stall_alarm_minutes: float = 10.0
 
     @property
     def poll_lock_blob(self) -> str:
@@ -429,6 +433,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         FAILED_PREFIX: r.prefix(FAILED_PREFIX, "failed/"),
         OUTPUT_PREFIX: r.prefix(OUTPUT_PREFIX, "output/"),
         LOCK_PREFIX: r.prefix(LOCK_PREFIX, "locks/"),
+        INDEX_PREFIX: r.prefix(INDEX_PREFIX, "index/"),
     }
     names = list(prefixes)
     for i, a in enumerate(names):
@@ -545,6 +550,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         failed_prefix=prefixes[FAILED_PREFIX],
         output_prefix=prefixes[OUTPUT_PREFIX],
         lock_prefix=prefixes[LOCK_PREFIX],
+        index_prefix=prefixes[INDEX_PREFIX],
         poll_schedule=r.schedule(POLL_SCHEDULE, "0 */1 * * * *"),
         janitor_schedule=r.schedule(JANITOR_SCHEDULE, "30 */2 * * * *"),
         batch_mode=r.choice(BATCH_MODE, "tick", BATCH_MODES),
@@ -584,6 +590,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
         stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),
+        stall_alarm_minutes=r.number(STALL_ALARM_MINUTES, 10.0, float, 0.1, 7 * 24 * 60),
     )
     if r.problems:
         raise ConfigError(r.problems)

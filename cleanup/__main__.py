@@ -1,5 +1,6 @@
-"""Command line: `python -m cleanup sweep [--dry-run]`, `python -m cleanup batches [--state S]`,
-`python -m cleanup retry BATCH`."""
+"""Command line: `python -m cleanup sweep [--dry-run]`,
+`python -m cleanup batches [--state S] [--limit N] [--continuation-token T]`,
+`python -m cleanup retry BATCH`, `python -m cleanup backfill-index`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import json
 import sys
 
-from cleanup.admin import BadRequest, batch_summaries, retry_failed
+from cleanup import history
+from cleanup.admin import BadRequest, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, get_settings
 from launcher.__main__ import configure_logging
@@ -23,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p_list = sub.add_parser("batches", help="list batches newest first")
     p_list.add_argument("--state", choices=[s.value for s in State])
     p_list.add_argument("--limit", type=int, default=50)
+    p_list.add_argument("--continuation-token", help="from the previous page's output")
+    sub.add_parser("backfill-index", help="index batches finished before the history index (once)")
     p_retry = sub.add_parser("retry", help="put a failed batch's inputs back into incoming/")
     p_retry.add_argument("batch")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -47,8 +51,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(json.dumps({"batch": args.batch, "restored": restored}, indent=2))
         return 0
-    rows = batch_summaries(clients, State(args.state) if args.state else None, args.limit)
-    print(json.dumps(rows, indent=2, default=str))
+    if args.command == "backfill-index":
+        print(json.dumps({"indexed": history.backfill(clients)}))
+        return 0
+    try:
+        page = history.list_page(
+            clients, State(args.state) if args.state else None, args.limit, args.continuation_token
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(json.dumps(page.to_dict(), indent=2, default=str))
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
+from cleanup import alarm, history
 from launcher import poll as launcher_poll
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import (
@@ -82,6 +83,7 @@ class SweepReport:
     handed_back: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stall: dict[str, Any] | None = None  # the stall alarm (cleanup/alarm.py)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -287,6 +289,7 @@ class Sweep:
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
         manifest.finished_at = iso(utcnow())
         store.put(manifest, target_prefix)
+        history.record(self.clients, manifest, target_prefix)  # before the delete: see history
         store.delete(manifest.batch_id)
 
     # -- the sweep -----------------------------------------------------------------------------
@@ -422,6 +425,7 @@ def sweep(clients: Clients, dry_run: bool = False) -> SweepReport:
     """Run one janitor sweep; see the module docstring."""
     started = time.monotonic()
     report = Sweep(clients, dry_run).run()
+    report.stall = alarm.check_stall(clients)  # every sweep, idle or not: see cleanup/alarm.py
     report.duration_seconds = round(time.monotonic() - started, 3)
     logger.info(
         "janitor%s: %s group(s), %s batch(es): %s finished, %s relaunched, %s failed, "

@@ -272,6 +272,7 @@ Model Launcher is running. Next:
   drop files:     .venv/bin/python scripts/drop.py path/to/folder   (or any Storage client on Azurite)
   watch progress: tail -f .localdev/functions-host.log
   list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/batches
+  status page:    http://localhost:{ports[2]}/api/ops/status?code={key}
   run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/poll
   run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{ports[2]}/api/ops/janitor?dryRun=true'
 Press Ctrl-C to stop everything.
