@@ -44,8 +44,7 @@ def _reply(reply: admin.Reply) -> func.HttpResponse:
     )
 
 
-def _asset(name: str) -> func.HttpResponse:
-    found = status.page_asset(name)
+def _asset(found: tuple[bytes, str] | None) -> func.HttpResponse:
     if found is None:
         return func.HttpResponse(b"", status_code=404)
     body, mimetype = found
@@ -92,11 +91,11 @@ def ops_now(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="ops/status", methods=["GET"])
 def ops_status(req: func.HttpRequest) -> func.HttpResponse:
     """The status page (HTML). Its data comes from the keyed JSON endpoints above."""
-    return _asset("status.html")
+    return _asset(status.page_html())
 
 
 @app.route(route="ops/status/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def ops_status_assets(req: func.HttpRequest) -> func.HttpResponse:
     """The page's script and stylesheet: public because a <script src> cannot send the key,
     and they are the same in every deployment, with no data in them."""
-    return _asset(req.route_params.get("name", ""))
+    return _asset(status.page_asset(req.route_params.get("name", "")))

@@ -116,8 +116,9 @@ def list_batches(params: Mapping[str, str]) -> Reply:
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
     token = params.get("continuationToken") or None
+    clients = _clients()  # outside the try: a ConfigError is a ValueError too
     try:
-        page = history.list_page(_clients(), state, limit, token)
+        page = history.list_page(clients, state, limit, token)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
     return Reply(200, page.to_dict())

@@ -209,10 +209,14 @@ def retry(params: Mapping[str, str]) -> Reply:
     return Reply(200, {"batch": batch_id, "restored": len(restored)})
 
 
+def page_html() -> tuple[bytes, str]:
+    """The page itself (served under the key, route ops/status)."""
+    return (PAGE_DIR / "status.html").read_bytes(), "text/html"
+
+
 def page_asset(name: str) -> tuple[bytes, str] | None:
-    """(content, mimetype; all are UTF-8) of one of the page's static files; None for anything else."""
-    if name == "status.html":
-        return (PAGE_DIR / name).read_bytes(), "text/html"
+    """(content, mimetype; all UTF-8) of the page's script or stylesheet, None otherwise: the
+    public route serves these two files and nothing else."""
     if name not in ASSETS:
         return None
     return (PAGE_DIR / name).read_bytes(), ASSETS[name]
