@@ -1754,6 +1754,8 @@ BAD_VALUES: dict[str, list[str | None]] = {
     "KEEP_FAILED_GROUPS": ["maybe"],
     "ORPHAN_GRACE_MINUTES": ["-1", "x"],
     "STUCK_CLAIM_SECONDS": ["-1", "86401"],
+    "INDEX_PREFIX": ["a//b/", "locks/"],
+    "STALL_ALARM_MINUTES": ["0", "x", "nan"],
 }
 # Cases that need more than one variable: (setting named in the message, variables to set,
 # variables to remove).
