@@ -198,8 +198,13 @@ def list_page(clients: Clients, state: State | None, limit: int, token: str | No
     phase, value = _decode_token(token) if token else ("index", "")
     if token is None and state is None:
         page.batches = active_rows(clients, None)
+        if len(page.batches) >= limit:
+            # More active batches than a page: the finished ones start on the next page.
+            page.batches = page.batches[:limit]
+            page.continuation_token = _encode_token("index", "")
+            return page
     active = {r["batch"] for r in page.batches}
-    room = max(1, limit - len(page.batches)) if token is None else limit
+    room = limit - len(page.batches) if token is None else limit
     if phase == "index":
         sub = state.value if state else ALL
         pager: Any = clients.container.list_blobs(  # a PageIterator: has continuation_token

@@ -111,6 +111,11 @@ def test_active_batches_come_first_and_are_not_listed_twice(pipeline: Pipeline) 
     assert len({r["batch"] for r in history.list_page(clients, None, 10).batches}) == 6
     launched = history.list_page(clients, State.LAUNCHED, 3).batches
     assert [r["label"] for r in launched] == ["new.txt"]
+    # A page smaller than the active batches: the finished ones follow on the next pages.
+    first = history.list_page(clients, None, 1)
+    assert [r["label"] for r in first.batches] == ["new.txt"] and first.continuation_token
+    rest = history.list_page(clients, None, 10, first.continuation_token).batches
+    assert len(rest) == 5 and all(r["state"] in ("succeeded", "failed") for r in rest)
 
 
 def test_a_page_costs_the_same_at_any_history_size(pipeline: Pipeline) -> None:
