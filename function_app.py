@@ -16,10 +16,12 @@ import azure.functions as func
 from cleanup import admin, status
 from cleanup.sweep import sweep
 from config import get_settings
+from launcher import telemetry
 from launcher.clients import get_clients
 from launcher.poll import poll
 
 logging.getLogger("azure").setLevel(logging.WARNING)
+telemetry.setup()  # OpenTelemetry export if configured (launcher/telemetry.py)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

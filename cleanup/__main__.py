@@ -12,6 +12,7 @@ from cleanup import history
 from cleanup.admin import BadRequest, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, get_settings
+from launcher import telemetry
 from launcher.__main__ import configure_logging
 from launcher.batch import State
 from launcher.clients import get_clients
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    telemetry.setup()
     try:
         clients = get_clients(get_settings())
     except ConfigError as exc:

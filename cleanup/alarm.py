@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from launcher.batch import utcnow
-from launcher.claim import Candidate, scan
+from launcher.claim import Candidate, is_folder_marker, scan
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,16 @@ def check_stall(clients: Clients) -> dict[str, Any]:
     """The janitor's stall check: one List Blobs of incoming/; logs an error when stalled."""
     s = clients.settings
     now = utcnow()
-    listing = clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
-    alarm = stalled(clients, scan(s, listing, now).claimable, now)
+    listing = list(
+        clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
+    )
+    found = scan(s, listing, now)
+    alarm = stalled(clients, found.claimable, now)
+    files = [b for b in listing if not is_folder_marker(b)]
+    oldest = min((b.last_modified for b in files), default=None)
+    # For the metrics (launcher/telemetry.py): everything waiting, not only what is late.
+    alarm["waiting_files"] = len(files)
+    alarm["oldest_waiting_seconds"] = age_seconds(oldest, now) if oldest else None
     if alarm["stalled"]:
         logger.error(
             "stall alarm: %s claimable file(s) in %s have waited longer than %s minute(s) "

@@ -29,6 +29,7 @@ from azure.mgmt.containerinstance.models import ContainerGroup
 
 from cleanup import alarm, history
 from launcher import poll as launcher_poll
+from launcher import telemetry
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import (
     LOGS_DIR,
@@ -262,6 +263,7 @@ class Sweep:
         if manifest.state is State.FINISHING:
             self.finish(manifest)
 
+    @telemetry.traced_finish
     def finish(self, manifest: Manifest) -> None:
         """Move a `finishing` batch to done/ or failed/ (idempotent, resumable)."""
         s, store = self.s, self.clients.store
@@ -421,6 +423,7 @@ class Sweep:
         return self.report
 
 
+@telemetry.traced_sweep
 def sweep(clients: Clients, dry_run: bool = False) -> SweepReport:
     """Run one janitor sweep; see the module docstring."""
     started = time.monotonic()

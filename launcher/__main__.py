@@ -8,6 +8,7 @@ import logging
 import sys
 
 from config import ConfigError, get_settings
+from launcher import telemetry
 from launcher.clients import get_clients
 from launcher.poll import poll, recover
 
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    telemetry.setup()
     try:
         settings = get_settings()
     except ConfigError as exc:

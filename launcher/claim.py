@@ -33,6 +33,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties
 
 from config import Settings
+from launcher import telemetry
 from launcher.batch import (
     FileEntry,
     Manifest,
@@ -383,6 +384,7 @@ def _finish(
     return clients.store.update(manifest, etag)
 
 
+@telemetry.traced_claim
 def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     """Claim one planned batch. The caller holds the poll lease."""
     s = clients.settings

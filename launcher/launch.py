@@ -40,6 +40,7 @@ from azure.mgmt.containerinstance.models import (
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from config import Settings
+from launcher import telemetry
 from launcher.aci import (
     TAG_ATTEMPT,
     TAG_BATCH,
@@ -202,6 +203,7 @@ class LaunchResult:
     etag: str | None = None
 
 
+@telemetry.traced_launch
 def launch_batch(
     clients: Clients, manifest: Manifest, etag: str, existing: set[str], confirm: bool = False
 ) -> LaunchResult:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from launcher import telemetry
 from launcher.aci import GroupInfo
 from launcher.batch import BatchRef, Manifest, ManifestConflict, State, utcnow
 from launcher.blobs import LeaseLock
@@ -259,6 +260,7 @@ def _with_lease(clients: Clients, report: TickReport, found: Scan | None) -> Tic
     return report
 
 
+@telemetry.traced_tick
 def poll(clients: Clients) -> TickReport:
     """Run one poll tick."""
     started = time.monotonic()
