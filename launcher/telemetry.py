@@ -2,7 +2,7 @@
 
 `setup()` (called once per process by function_app.py and the command lines) picks the export:
 - `APPLICATIONINSIGHTS_CONNECTION_STRING` set: `azure-monitor-opentelemetry`'s
-  `configure_azure_monitor()` (traces, metrics and logs to Application Insights; host.json's
+  `configure_azure_monitor()` (traces and metrics to Application Insights; host.json's
   `"telemetryMode": "OpenTelemetry"` makes the Functions host export its own the same way);
 - else `OTEL_EXPORTER_OTLP_ENDPOINT` set: the OTLP/HTTP exporters (the standard OTEL_* variables
   apply);
@@ -92,7 +92,9 @@ def setup(environ: dict[str, str] | None = None) -> str:
         if env.get(APPINSIGHTS):
             from azure.monitor.opentelemetry import configure_azure_monitor  # noqa: PLC0415
 
-            configure_azure_monitor(connection_string=env[APPINSIGHTS])
+            # Logs are not exported here: the Functions host already forwards the worker's logs,
+            # so exporting them too would show every line twice.
+            configure_azure_monitor(connection_string=env[APPINSIGHTS], disable_logging=True)
             chosen = "azure-monitor"
         elif env.get(OTLP):
             from opentelemetry.exporter.otlp.proto.http import (  # noqa: PLC0415

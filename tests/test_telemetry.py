@@ -66,9 +66,7 @@ def total(name: str, **attrs: str) -> float:
     )
 
 
-def test_a_real_run_has_spans_and_metrics(
-    pipeline: Pipeline, spans: InMemorySpanExporter
-) -> None:
+def test_a_real_run_has_spans_and_metrics(pipeline: Pipeline, spans: InMemorySpanExporter) -> None:
     clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
     claimed_before = total("ml.files.claimed")
     finished_before = total("ml.batches.finished", outcome="succeeded")
@@ -104,9 +102,7 @@ def test_a_real_run_has_spans_and_metrics(
     assert points("ml.groups.active") and points("ml.incoming.oldest_age")
 
 
-def test_an_idle_tick_is_still_one_request(
-    pipeline: Pipeline, spans: InMemorySpanExporter
-) -> None:
+def test_an_idle_tick_is_still_one_request(pipeline: Pipeline, spans: InMemorySpanExporter) -> None:
     counter = CountingPolicy()
     clients = pipeline.clients(counter)
     counter.reset()
