@@ -31,6 +31,7 @@ DONE_PREFIX = "DONE_PREFIX"
 FAILED_PREFIX = "FAILED_PREFIX"
 OUTPUT_PREFIX = "OUTPUT_PREFIX"
 LOCK_PREFIX = "LOCK_PREFIX"
+INDEX_PREFIX = "INDEX_PREFIX"
 POLL_SCHEDULE = "POLL_SCHEDULE"
 JANITOR_SCHEDULE = "JANITOR_SCHEDULE"
 BATCH_MODE = "BATCH_MODE"
@@ -74,6 +75,7 @@ VANISH_GRACE_SECONDS = "VANISH_GRACE_SECONDS"
 MAX_PLATFORM_RELAUNCHES = "MAX_PLATFORM_RELAUNCHES"
 ACI_LOG_ANALYTICS_WORKSPACE_ID = "ACI_LOG_ANALYTICS_WORKSPACE_ID"
 ACI_LOG_ANALYTICS_WORKSPACE_KEY = "ACI_LOG_ANALYTICS_WORKSPACE_KEY"
+STALL_ALARM_MINUTES = "STALL_ALARM_MINUTES"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -121,6 +123,7 @@ class Settings:
     failed_prefix: str
     output_prefix: str
     lock_prefix: str
+    index_prefix: str
     # schedules and batching
     poll_schedule: str
     janitor_schedule: str
@@ -167,6 +170,7 @@ class Settings:
     max_platform_relaunches: int = 3
     log_analytics_workspace_id: str | None = None
     log_analytics_workspace_key: str | None = field(default=None, repr=False)
+    stall_alarm_minutes: float = 10.0
 
     @property
     def poll_lock_blob(self) -> str:
@@ -437,6 +441,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         FAILED_PREFIX: r.prefix(FAILED_PREFIX, "failed/"),
         OUTPUT_PREFIX: r.prefix(OUTPUT_PREFIX, "output/"),
         LOCK_PREFIX: r.prefix(LOCK_PREFIX, "locks/"),
+        INDEX_PREFIX: r.prefix(INDEX_PREFIX, "index/"),
     }
     names = list(prefixes)
     for i, a in enumerate(names):
@@ -564,6 +569,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         failed_prefix=prefixes[FAILED_PREFIX],
         output_prefix=prefixes[OUTPUT_PREFIX],
         lock_prefix=prefixes[LOCK_PREFIX],
+        index_prefix=prefixes[INDEX_PREFIX],
         poll_schedule=r.schedule(POLL_SCHEDULE, "0 */1 * * * *"),
         janitor_schedule=r.schedule(JANITOR_SCHEDULE, "30 */2 * * * *"),
         batch_mode=r.choice(BATCH_MODE, "tick", BATCH_MODES),
@@ -607,6 +613,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_platform_relaunches=r.number(MAX_PLATFORM_RELAUNCHES, 3, int, 0, 20),
         log_analytics_workspace_id=workspace_id,
         log_analytics_workspace_key=workspace_key,
+        stall_alarm_minutes=r.number(STALL_ALARM_MINUTES, 10.0, float, 0.1, 7 * 24 * 60),
     )
     if r.problems:
         raise ConfigError(r.problems)

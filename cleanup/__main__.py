@@ -1,10 +1,12 @@
 """Command line for operators; settings come from the environment over ./local.settings.json.
 
 python -m cleanup sweep [--dry-run]           one janitor sweep (JSON report)
-python -m cleanup batches [--state S] [--json] batches newest first, as a table
+python -m cleanup batches [--state S] [--json] [--continuation-token T]
+                                              batches newest first, as a table, a page at a time
 python -m cleanup logs BATCH [--attempt N]    a batch's container log
 python -m cleanup retry BATCH [--json]        put a failed batch's inputs back
 python -m cleanup release BATCH               move a quarantined batch to failed/
+python -m cleanup backfill-index              index batches finished before the history index
 """
 
 from __future__ import annotations
@@ -15,15 +17,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from cleanup.admin import (
-    BadRequest,
-    batch_logs,
-    batch_summaries,
-    release_quarantined,
-    retry_failed,
-)
+from cleanup import history
+from cleanup.admin import BadRequest, batch_logs, release_quarantined, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, load_local_settings
+from launcher import telemetry
 from launcher.__main__ import add_settings_option, configure_logging
 from launcher.batch import State, parse_iso
 from launcher.clients import Clients, get_clients
@@ -46,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p_logs = sub.add_parser("logs", help="print a batch's container log")
     p_logs.add_argument("batch")
     p_logs.add_argument("--attempt", type=int, help="which attempt (default: the latest)")
+    p_list.add_argument("--continuation-token", help="from the previous page's output")
+    p_backfill = sub.add_parser(
+        "backfill-index", help="index batches finished before the history index (once)"
+    )
     p_retry = sub.add_parser("retry", help="put a failed batch's inputs back into incoming/")
     p_retry.add_argument("batch")
     p_retry.add_argument("--json", action="store_true", help="the report as JSON")
@@ -55,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p_release.add_argument("batch")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_settings_option(parser)
-    for command in (p_sweep, p_list, p_logs, p_retry, p_release):
+    for command in (p_sweep, p_list, p_logs, p_retry, p_release, p_backfill):
         add_settings_option(command, sub=True)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    telemetry.setup()
     try:
         settings = load_local_settings(args.settings)
     except ConfigError as exc:
@@ -105,11 +108,21 @@ def _run(args: argparse.Namespace, clients: Clients) -> int:
             logs.text if logs.text.endswith("\n") or not logs.text else logs.text + "\n"
         )
         return 0
-    rows = batch_summaries(clients, State(args.state) if args.state else None, args.limit)
+    if args.command == "backfill-index":
+        _dump({"indexed": history.backfill(clients)})
+        return 0
+    try:
+        page = history.list_page(
+            clients, State(args.state) if args.state else None, args.limit, args.continuation_token
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     if args.json:
-        _dump(rows)
+        _dump(page.to_dict())
     else:
-        print(batches_table(rows, datetime.now(UTC)))
+        print(batches_table(page.batches, datetime.now(UTC)))
+        if page.continuation_token:
+            print(f"more: --continuation-token {page.continuation_token}")
     return 0
 
 
@@ -147,7 +160,7 @@ def batches_table(rows: list[dict[str, Any]], now: datetime) -> str:
     retried_as = {r["retry_of"]: r["batch"] for r in rows if r.get("retry_of")}
     table = [("BATCH", "DROPPED", "STATE", "FILES", "ATTEMPTS", "AGE", "REASON")]
     for r in rows:
-        notes = [r.get("error") or ""]
+        notes = [r.get("reason") or r.get("error") or ""]
         if r.get("retry_of"):
             notes.append(f"retry of {r['retry_of']}")
         if r["batch"] in retried_as:
@@ -157,11 +170,11 @@ def batches_table(rows: list[dict[str, Any]], now: datetime) -> str:
         table.append(
             (
                 r["batch"],
-                str(r.get("dropped") or r.get("folder") or "-"),
+                str(r.get("label") or r.get("folder") or "-"),
                 r["state"],
                 str(r.get("files", "-")),
                 str(r.get("attempt", "-")),
-                _age(r.get("created"), now),
+                _age(r.get("claimed_at"), now),
                 "; ".join(n for n in notes if n),
             )
         )

@@ -7,13 +7,13 @@ the Functions host enforces the key (auth level FUNCTION: a function key or the 
 from __future__ import annotations
 
 import logging
-import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from cleanup import history
 from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
 from launcher.batch import (
@@ -124,9 +124,10 @@ def run_poll(params: Mapping[str, str]) -> Reply:
 
 @_guard
 def list_batches(params: Mapping[str, str]) -> Reply:
-    """Batches newest first with state, attempts, group, timings and error; `state=` filters
-    (claiming, claimed, launched, finishing, succeeded, failed), `limit=` caps (default 100)."""
-    _only(params, ("state", "limit"))
+    """One page of batches newest first (see cleanup/history.py): `state=` filters (claiming,
+    claimed, launched, finishing, succeeded, failed), `limit=` is the page size (default 100),
+    `continuationToken=` (from the previous page) reads the next page."""
+    _only(params, ("state", "limit", "continuationToken"))
     state_text = params.get("state", "").strip().lower()
     try:
         state = State(state_text) if state_text else None
@@ -140,90 +141,13 @@ def list_batches(params: Mapping[str, str]) -> Reply:
         raise BadRequest(f"limit must be an integer, got {params.get('limit')!r}") from None
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-    batches = batch_summaries(_clients(), state, limit)
-    return Reply(200, {"count": len(batches), "batches": batches})
-
-
-def dropped_folder(m: Manifest) -> str:
-    """What the user dropped, as they named it: the folder (folder mode), else the folder its
-    files share, else the one file's name, else how many loose files."""
-    if m.folder:
-        return m.folder.rstrip("/") + "/"
-    names = [f.name for f in m.files]
-    if len(names) == 1:
-        return names[0]
-    common = posixpath.commonpath(names) if names else ""
-    if common and common not in names:
-        return common + "/"
-    return f"{len(names)} files" if names else "-"
-
-
-def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[dict[str, Any]]:
-    """Read the newest `limit` manifests (optionally of one state) from all three folders.
-
-    Folders are listed with a delimiter, so the cost is one entry per batch, not per file."""
-    s = clients.settings
-    prefixes = [s.processing_prefix, s.done_prefix, s.failed_prefix]
-    if state is State.SUCCEEDED:
-        prefixes = [s.done_prefix]
-    elif state is State.FAILED:
-        prefixes = [s.failed_prefix]
-    elif state is not None:
-        prefixes = [s.processing_prefix]
-    found: list[tuple[str, str]] = []
-    for prefix in prefixes:
-        for item in clients.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
-            batch_id = item.name[len(prefix) :].rstrip("/")
-            if item.name.endswith("/") and batch_id:
-                found.append((batch_id, prefix))
-    found.sort(reverse=True)
-
-    def read(entry: tuple[str, str]) -> dict[str, Any] | None:
-        try:
-            got = clients.store.read(entry[0], entry[1])
-        except ManifestUnreadable as exc:
-            if state is not None:
-                return None
-            return {
-                "batch": entry[0],
-                "state": "quarantined",
-                "folder": entry[1] + entry[0] + "/",
-                "error": exc.reason,
-            }
-        if got is None:
-            return None
-        m = got[0]
-        if state is not None and m.state is not state:
-            return None
-        last = m.attempts[-1] if m.attempts else None
-        return {
-            "batch": m.batch_id,
-            "state": m.state.value,
-            "folder": entry[1] + m.batch_id + "/",
-            "dropped": dropped_folder(m),
-            "files": len(m.files),
-            "attempt": m.attempt,
-            "group": m.group,
-            "created": m.created,
-            "launched_at": m.launched_at,
-            "finished_at": m.finished_at,
-            "duration_seconds": last.duration_seconds if last else None,
-            "exit_code": last.exit_code if last else None,
-            "error": m.reason or (m.last_error or {}).get("message"),
-            "retry_of": m.retry_of,
-            "retried_at": (m.retried or {}).get("last_at"),
-            "attempts": [a.__dict__ for a in m.attempts],
-        }
-
-    out: list[dict[str, Any]] = []
-    # Read in pages so a state filter still returns `limit` rows without reading everything.
-    for start in range(0, len(found), limit):
-        for row in clients.runner.map(read, found[start : start + limit]):
-            if isinstance(row, dict):
-                out.append(row)
-        if len(out) >= limit:
-            break
-    return out[:limit]
+    token = params.get("continuationToken") or None
+    clients = _clients()  # outside the try: a ConfigError is a ValueError too
+    try:
+        page = history.list_page(clients, state, limit, token)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return Reply(200, page.to_dict())
 
 
 def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
@@ -286,6 +210,7 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
         }
         try:
             store.update(manifest, etag, s.failed_prefix)
+            history.record(clients, manifest, s.failed_prefix)  # the index shows the retry too
         except ManifestConflict:
             logger.warning("batch %s: retried concurrently; its record is the other's", batch_id)
     for k in kept:

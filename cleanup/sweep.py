@@ -29,7 +29,9 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.mgmt.containerinstance.models import ContainerGroup
 
+from cleanup import alarm, history
 from launcher import poll as launcher_poll
+from launcher import telemetry
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import (
     LOGS_DIR,
@@ -117,6 +119,7 @@ class SweepReport:
     waiting: list[dict[str, str]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stall: dict[str, Any] | None = None  # the stall alarm (cleanup/alarm.py)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,6 +355,7 @@ class Sweep:
             reason = reason[: ERROR_REASON_MAX_CHARS - 1] + "…"
         return reason or None
 
+    @telemetry.traced_finish
     def finish(self, manifest: Manifest, etag: str) -> None:
         """Move a `finishing` batch to done/ or failed/ (idempotent, resumable).
 
@@ -389,6 +393,7 @@ class Sweep:
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
         manifest.finished_at = iso(self.clients.clock.now())
         store.put_final(manifest, target_prefix)
+        history.record(self.clients, manifest, target_prefix)  # before the delete: see history
         try:
             store.delete(manifest.batch_id, etag)
         except ManifestConflict:
@@ -553,10 +558,12 @@ class Sweep:
         return self.report
 
 
+@telemetry.traced_sweep
 def sweep(clients: Clients, dry_run: bool = False) -> SweepReport:
     """Run one janitor sweep; see the module docstring."""
     started = time.monotonic()
     report = Sweep(clients, dry_run).run()
+    report.stall = alarm.check_stall(clients)  # every sweep, idle or not: see cleanup/alarm.py
     report.duration_seconds = round(time.monotonic() - started, 3)
     logger.info(
         "janitor%s: %s group(s), %s batch(es): %s finished, %s relaunched, %s failed, "

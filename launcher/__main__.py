@@ -8,6 +8,7 @@ import logging
 import sys
 
 from config import ConfigError, load_local_settings
+from launcher import telemetry
 from launcher.clients import get_clients
 from launcher.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, explain
 from launcher.poll import poll, recover
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     add_settings_option(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    telemetry.setup()
     try:
         settings = load_local_settings(args.settings)
     except ConfigError as exc:

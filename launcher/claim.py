@@ -33,6 +33,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobProperties
 
 from config import Settings
+from launcher import telemetry
 from launcher.batch import (
     RETRY_OF_METADATA,
     FileEntry,
@@ -449,6 +450,7 @@ def _finish(clients: Clients, manifest: Manifest, etag: str, settled: _Settlemen
     return None
 
 
+@telemetry.traced_claim
 def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     """Claim one planned batch. The caller holds the poll lease."""
     s = clients.settings

@@ -41,6 +41,7 @@ from azure.mgmt.containerinstance.models import (
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from config import Settings
+from launcher import telemetry
 from launcher.aci import (
     LEASE_LOST,
     TAG_ATTEMPT,
@@ -219,6 +220,7 @@ class LaunchResult:
     etag: str | None = None
 
 
+@telemetry.traced_launch
 def launch_batch(
     clients: Clients,
     manifest: Manifest,

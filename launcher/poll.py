@@ -18,6 +18,7 @@ from typing import Any
 
 from azure.storage.blob import BlobProperties
 
+from launcher import telemetry
 from launcher.aci import GroupInfo
 from launcher.batch import (
     BatchRef,
@@ -327,6 +328,7 @@ def _with_lease(
     return report
 
 
+@telemetry.traced_tick
 def poll(clients: Clients) -> TickReport:
     """Run one poll tick."""
     started = time.monotonic()

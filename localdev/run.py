@@ -453,6 +453,7 @@ Model Launcher is running. Next:
   a batch's log:  .venv/bin/python -m cleanup logs <batch>
   watch progress: tail -f {host_log}
   status API:     curl -s -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/batches
+  status page:    http://localhost:{ports[2]}/api/ops/status?code={key}
   run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/poll
 Press Ctrl-C to stop everything (state is kept; `make reset` clears it).
 """,

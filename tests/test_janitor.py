@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from azure.mgmt.containerinstance.models import (
     Container,
     ContainerGroup,
@@ -270,8 +272,36 @@ def test_idle_sweep_is_one_arm_list(pipeline: Pipeline) -> None:
     arm = CountingPolicy()
     clients = pipeline.clients(storage, arm_policies=(arm,))
     report = sweep(clients)
-    assert report.idle
-    assert storage.total == 1 and arm.total == 1
+    assert report.idle and report.stall is not None and not report.stall["stalled"]
+    # processing/ for the sweep, incoming/ for the stall alarm (cleanup/alarm.py)
+    assert storage.counts == {"list": 2} and arm.total == 1
+
+
+def test_stall_alarm_logs_an_error_naming_how_many_and_how_old(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop(pipeline.container, ["incoming/late-1.txt", "incoming/late-2.txt"])
+    # Settled and claimable, but nobody polls: with a threshold of 0.1 minutes, wait 6 s.
+    clients = pipeline.clients(STALL_ALARM_MINUTES="0.1")
+    quiet = sweep(clients)
+    assert quiet.stall is not None and not quiet.stall["stalled"]
+    deadline = time.monotonic() + 60
+    report = quiet
+    while time.monotonic() < deadline:
+        with caplog.at_level(logging.ERROR, logger="cleanup.alarm"):
+            report = sweep(clients)
+        if report.stall and report.stall["stalled"]:
+            break
+        time.sleep(0.5)
+    assert report.stall is not None and report.stall["stalled"] and report.stall["files"] == 2
+    assert report.stall["oldest_seconds"] > 6
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("stall alarm: 2 claimable file(s)" in e for e in errors), errors
+    # Claimed, the files no longer count.
+    poll(clients)
+    after = sweep(clients).stall
+    assert after is not None and not after["stalled"] and after["files"] == 0
+    assert after["waiting_files"] == 0 and report.stall["waiting_files"] == 2
 
 
 def test_no_retry_exit_codes_fail_at_once(pipeline: Pipeline) -> None:
