@@ -86,7 +86,16 @@ SEED_RESOURCE_GROUP = "ResourceGroupName"
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 BATCH_MODES = ("tick", "folder")
 ARM_AUTH_MODES = ("identity", "emulator")
-GPU_SKUS = ("K80", "P100", "V100")
+# ACI's GPU SKUs: V100 (K80 and P100 were retired on 31 August 2023).
+GPU_SKUS = ("V100",)
+# The documented per-group maximums ("Resource availability & quota limits for ACI"):
+# (CPU cores, memory GB) for a standard group and per V100 count; no GPU in a virtual network.
+GROUP_LIMITS: dict[tuple[str, int] | None, tuple[float, float]] = {
+    None: (4, 16),
+    ("V100", 1): (6, 112),
+    ("V100", 2): (12, 224),
+    ("V100", 4): (24, 448),
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -589,8 +598,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         arm_ca_bundle=ca_bundle,
         arm_auth=arm_auth,
         image=image,
-        cpu=r.number(ACI_CPU, 1.0, float, 0.1, 16),
-        memory_gb=r.number(ACI_MEMORY_GB, 1.5, float, 0.1, 64),
+        cpu=r.number(ACI_CPU, 1.0, float, 0.1, 24),
+        memory_gb=r.number(ACI_MEMORY_GB, 1.5, float, 0.1, 448),
         gpu_sku=gpu_sku.upper() if gpu_sku else None,
         gpu_count=gpu_count,
         command=command,
@@ -615,9 +624,40 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_analytics_workspace_key=workspace_key,
         stall_alarm_minutes=r.number(STALL_ALARM_MINUTES, 10.0, float, 0.1, 7 * 24 * 60),
     )
+    r.problems += group_limit_problems(settings)
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+def group_limit_problems(s: Settings) -> list[str]:
+    """A container group ACI can never deploy, refused at start instead of failing every
+    launch: over the documented per-group maximums, or a GPU in a virtual network."""
+    problems: list[str] = []
+    if s.gpu_sku and s.subnet_id:
+        problems.append(
+            f"{ACI_GPU_SKU} with {ACI_SUBNET_ID}: ACI does not support GPU resources in a "
+            "virtual network"
+        )
+    key = (s.gpu_sku, s.gpu_count) if s.gpu_sku else None
+    if key is not None and key not in GROUP_LIMITS:
+        counts = sorted(k[1] for k in GROUP_LIMITS if k is not None and k[0] == s.gpu_sku)
+        problems.append(
+            f"{ACI_GPU_COUNT}={s.gpu_count}: ACI offers {s.gpu_sku} groups with "
+            f"{', '.join(map(str, counts))} GPU(s)"
+        )
+        return problems
+    max_cpu, max_memory = GROUP_LIMITS[key]
+    what = f"{s.gpu_count} x {s.gpu_sku} group" if key else "standard container group"
+    if s.cpu > max_cpu:
+        problems.append(
+            f"{ACI_CPU}={s.cpu:g} exceeds ACI's maximum of {max_cpu:g} CPU cores per {what}"
+        )
+    if s.memory_gb > max_memory:
+        problems.append(
+            f"{ACI_MEMORY_GB}={s.memory_gb:g} exceeds ACI's maximum of {max_memory:g} GB per {what}"
+        )
+    return problems
 
 
 LOCAL_SETTINGS_FILE = "local.settings.json"

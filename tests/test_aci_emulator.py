@@ -366,7 +366,7 @@ def test_stop_kills_the_process_and_start_runs_it_again(
     assert got.provisioning_state == "Succeeded"
     state = got.containers[0].instance_view.current_state
     assert (state.state, state.exit_code) == ("Terminated", 143)  # SIGTERM
-    assert "Killing" not in [e.name for e in got.containers[0].instance_view.events]  # undocumented
+    assert "Killing" in [e.name for e in got.containers[0].instance_view.events]
 
     client.container_groups.begin_start(rg, "stopme").result()
     new_pid = pid_of(emulator, "stopme")

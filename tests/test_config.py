@@ -209,3 +209,42 @@ def test_settings_file_values_sit_under_the_environment(tmp_path: Path) -> None:
         load_settings_file(path)
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings_file(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"ACI_CPU": "8"}, "ACI_CPU=8 exceeds ACI's maximum of 4 CPU cores per standard"),
+        ({"ACI_MEMORY_GB": "32"}, "ACI_MEMORY_GB=32 exceeds ACI's maximum of 16 GB"),
+        (
+            {"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "2", "ACI_CPU": "16"},
+            "maximum of 12 CPU cores per 2 x V100 group",
+        ),
+        ({"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "3"}, "ACI_GPU_COUNT=3: ACI offers V100"),
+        (
+            {
+                "ACI_GPU_SKU": "V100",
+                "ACI_SUBNET_ID": "/subscriptions/s/resourceGroups/r/providers/"
+                "Microsoft.Network/virtualNetworks/v/subnets/aci",
+            },
+            "does not support GPU resources in a virtual network",
+        ),
+        ({"ACI_GPU_SKU": "K80"}, "ACI_GPU_SKU='K80' must be one of: V100"),
+        ({"ACI_LOG_ANALYTICS_WORKSPACE_KEY": "k"}, "go together"),
+    ],
+)
+def test_a_group_aci_can_never_deploy_is_refused_at_start(
+    overrides: dict[str, str], named: str
+) -> None:
+    env = base_env(**overrides)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert any(named in p for p in info.value.problems), info.value.problems
+
+
+def test_the_largest_documented_groups_are_accepted() -> None:
+    for overrides in (
+        {"ACI_CPU": "4", "ACI_MEMORY_GB": "16"},
+        {"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "4", "ACI_CPU": "24", "ACI_MEMORY_GB": "448"},
+    ):
+        load_settings(base_env(**overrides))
