@@ -229,7 +229,8 @@ def test_the_emulator_emits_only_documented_states_and_events(
     ok = launch(clients)
     hook.get(ok)  # Pending
     wait_for(hook, ok, "Terminated")
-    emulator.configure(provision_seconds=0)
+    # ACI retries a failing pull until its provisioning timeout (30 minutes): shortened here.
+    emulator.configure(provision_seconds=0, provision_timeout_seconds=2)
     failing = make_clients(
         pipeline, recorder, ACI_IMAGE="python:3.11-slim", ACI_COMMAND='["python", "-c", "exit(3)"]'
     )

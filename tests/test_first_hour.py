@@ -138,8 +138,8 @@ def test_a_failed_batch_names_its_file_and_the_cli_shows_logs_and_retries_once(
     assert table.returncode == 0, table.stderr
     [row] = [line for line in table.stdout.splitlines() if line.startswith(batch)]
     assert "Übung/" in row and "failed" in row and "Übung/broken.csv is unreadable" in row
-    rows = json.loads(cli("cleanup", "batches", "--json", cwd=tmp_path, env=env).stdout)
-    assert "broken.csv" in rows[0]["error"] and rows[0]["dropped"] == "Übung/"
+    rows = json.loads(cli("cleanup", "batches", "--json", cwd=tmp_path, env=env).stdout)["batches"]
+    assert "broken.csv" in rows[0]["reason"] and rows[0]["label"] == "Übung"
 
     logs = cli("cleanup", "logs", batch, cwd=tmp_path, env=env)
     assert logs.returncode == 0 and "FAILED" in logs.stdout, logs.stderr
@@ -155,7 +155,7 @@ def test_a_failed_batch_names_its_file_and_the_cli_shows_logs_and_retries_once(
     assert manifest["retried"]["restored"] == ["incoming/Übung/broken.csv", "incoming/Übung/ok.txt"]
 
     poll(clients)  # the new batch, linked to the old one
-    rows = json.loads(cli("cleanup", "batches", "--json", cwd=tmp_path, env=env).stdout)
+    rows = json.loads(cli("cleanup", "batches", "--json", cwd=tmp_path, env=env).stdout)["batches"]
     [new] = [r for r in rows if r["batch"] != batch]
     assert new["retry_of"] == batch
     table = cli("cleanup", "batches", cwd=tmp_path, env=env).stdout

@@ -364,6 +364,7 @@ def test_a_vanished_group_waits_out_its_grace_and_says_until_when(pipeline: Pipe
     poll(clients)
     batch = only_batch(pipeline)
     [group] = pipeline.groups()
+    wait_provisioned(pipeline, str(group.name))  # ACI refuses to delete a group being created
     pipeline.arm().container_groups.begin_delete(pipeline.resource_group, group.name).result()
     report = sweep(clients)
     [waiting] = report.waiting

@@ -322,7 +322,7 @@ def test_a_batch_that_waited_in_claimed_is_refreshed_before_its_launch(
     etag = store.create(m)
     m.updated = old  # as read back from a batch that waited three hours
     sent = []
-    monkeypatch.setattr(clients.hook, "create", lambda name, group: sent.append(group))
+    monkeypatch.setattr(clients.hook, "create", lambda name, group, guard=None: sent.append(group))
     result = launch_batch(clients, m, etag, set())
     assert result.launched and len(sent) == 1
     start = parse_iso(

@@ -137,4 +137,4 @@ def test_status_page_in_a_real_browser(stack: tuple[str, str], tmp_path: Path) -
     assert shot.stat().st_size > 10_000
     # The retry put the input back and marked the old batch; the CLI's history says so too.
     failed = container.download_blob(f"failed/{found['badBatch']}/_batch.json").readall()
-    assert "[retried" in json.loads(failed)["reason"]
+    assert json.loads(failed)["retried"]["restored"]

@@ -328,14 +328,18 @@ def test_missing_input_blob_fails_with_exit_2(batch: Batch, azurite: Azurite, sa
     assert [e["name"] for e in errors] == ["gone/missing.txt"]
 
 
-def test_missing_manifest_is_a_configuration_error(
+def test_a_missing_manifest_means_the_batch_moved_on_and_nothing_is_written(
     batch: Batch, azurite: Azurite, sas: str
 ) -> None:
+    """A group deployed again by a late PUT after its batch finished (and left processing/)
+    must not touch the finished batch's outputs."""
+    batch.container.upload_blob(batch.output + "_summary.json", b'{"exit_code": 0}')
     run = run_worker(contract(azurite, batch, sas))
 
-    assert run.code == 1, run.out
-    assert f"manifest {batch.manifest} not found (404)" in run.out
-    assert batch.summary()["exit_code"] == 1
+    assert run.code == 5, run.out
+    assert f"manifest {batch.manifest} not found" in run.out and "moved on" in run.out
+    assert batch.summary() == {"exit_code": 0}  # the real run's summary is untouched
+    assert not batch.exists(batch.output + "_error.json")
 
 
 @pytest.mark.parametrize("missing", REQUIRED_VARS)

@@ -231,7 +231,19 @@ class BatchRun:
             data = container.get_blob_client(s.manifest).download_blob().readall()
             manifest = parse_manifest(data, s.batch_id)
         except ResourceNotFoundError:
-            return self._abort(container, EXIT_CONFIG, f"manifest {s.manifest} not found (404)")
+            # The batch left processing/ (finished, or released): this is a late or repeated
+            # deployment of a group whose work is done. Nothing is read or written, so the
+            # finished batch's outputs stay as they are (see `_not_current`).
+            self.skipped = True
+            logger.warning(
+                "batch %s attempt %d: not run: manifest %s not found: the batch has moved on "
+                "(exit %d)",
+                s.batch_id,
+                s.attempt,
+                s.manifest,
+                EXIT_NOT_CURRENT,
+            )
+            return EXIT_NOT_CURRENT
         except ManifestError as exc:
             return self._abort(container, EXIT_CONFIG, f"manifest {s.manifest} is unusable: {exc}")
         except AzureError as exc:
