@@ -17,7 +17,9 @@ from .lease import scenario_lease
 from .race import scenario_race
 from .report import Report, Row
 from .security import scan_secrets, scenario_security
+from .skew import scenario_skew
 from .stack import Stack
+from .stall import scenario_stall
 
 # A scenario runs on the shared stack with its own seeded rng and returns its row; it may also
 # add checks and per-case records to the report.
@@ -29,6 +31,8 @@ SCENARIOS: dict[str, Scenario] = {
     "race": scenario_race,
     "faults": scenario_faults,
     "lease": scenario_lease,
+    "stall": scenario_stall,
+    "skew": scenario_skew,
     "badinput": scenario_badinput,
     "config": scenario_config,
     "security": scenario_security,
