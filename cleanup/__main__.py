@@ -1,5 +1,5 @@
 """Command line: `python -m cleanup sweep [--dry-run]`, `python -m cleanup batches [--state S]`,
-`python -m cleanup retry BATCH`."""
+`python -m cleanup retry BATCH`, `python -m cleanup release BATCH` (a quarantined batch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from cleanup.admin import BadRequest, batch_summaries, retry_failed
+from cleanup.admin import BadRequest, batch_summaries, release_quarantined, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, get_settings
 from launcher.__main__ import configure_logging
@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p_list.add_argument("--limit", type=int, default=50)
     p_retry = sub.add_parser("retry", help="put a failed batch's inputs back into incoming/")
     p_retry.add_argument("batch")
+    p_release = sub.add_parser(
+        "release", help="move a quarantined batch to failed/ so that retry can restore it"
+    )
+    p_release.add_argument("batch")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -51,6 +55,14 @@ def _run(args: argparse.Namespace, clients: Clients) -> int:
         if report.lease_busy:
             return 3
         return 1 if report.errors else 0
+    if args.command == "release":
+        try:
+            released = release_quarantined(clients, args.batch)
+        except BadRequest as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(json.dumps(released, indent=2, ensure_ascii=False))
+        return 0
     if args.command == "retry":
         try:
             result = retry_failed(clients, args.batch)

@@ -13,8 +13,16 @@ from typing import Any
 
 from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
-from launcher.batch import FileEntry, ManifestConflict, ManifestUnreadable, State, iso
-from launcher.blobs import Restore, restore_blob
+from launcher.batch import (
+    LOGS_DIR,
+    FileEntry,
+    Manifest,
+    ManifestConflict,
+    ManifestUnreadable,
+    State,
+    iso,
+)
+from launcher.blobs import Restore, move_blob, restore_blob
 from launcher.clients import Clients, get_clients
 from launcher.errors import explain
 from launcher.poll import TickReport, poll
@@ -269,3 +277,86 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
         already,
     )
     return {"batch": batch_id, "restored": restored, "kept": kept, "restored_earlier": already}
+
+
+def release_quarantined(clients: Clients, batch_id: str) -> dict[str, Any]:
+    """Move a quarantined batch (unreadable manifest, or none) out of processing/ into
+    failed/<batch>/, with a new manifest listing its inputs, so that `retry` can put them back
+    into incoming/. The broken manifest is kept beside it as `_batch.broken.json`.
+
+    Refused while the batch's manifest is readable (then it is not quarantined) and while one
+    of its container groups exists (its container may still be writing). Resumable: the new
+    manifest is written create-only first, moves are idempotent, and the broken manifest is
+    deleted last, only if unchanged."""
+    s, store, container = clients.settings, clients.store, clients.container
+    try:
+        found = store.read(batch_id)
+    except ManifestUnreadable as exc:
+        reason = exc.reason
+    else:
+        if found is not None:
+            raise BadRequest(
+                f"batch {batch_id} is not quarantined: its manifest is readable "
+                f"(state {found[0].state.value})"
+            )
+        reason = "no manifest"
+    groups = [g.name for g in clients.hook.list_groups() if g.batch_id == batch_id]
+    if groups:
+        raise BadRequest(
+            f"batch {batch_id} still has container group(s) {', '.join(groups)}: wait until they "
+            f"finished, or delete them (az container delete -g {s.resource_group} -n NAME)"
+        )
+    folder, target = store.folder(batch_id), store.folder(batch_id, s.failed_prefix)
+    blobs = list(container.list_blobs(name_starts_with=folder))
+    manifest_path = store.path(batch_id)
+    inputs = [
+        b
+        for b in blobs
+        if b.name != manifest_path and not b.name[len(folder) :].startswith(LOGS_DIR + "/")
+    ]
+    if not blobs:
+        raise BadRequest(f"no batch {batch_id!r} under {s.processing_prefix}")
+    now = iso(clients.clock.now()) or ""
+    manifest = Manifest(
+        batch_id=batch_id,
+        state=State.FAILED,
+        created=now,
+        updated=now,
+        files=[
+            FileEntry(
+                source=s.incoming_prefix + b.name[len(folder) :],
+                name=b.name[len(folder) :],
+                blob=b.name[len(folder) :],
+                etag="",
+                size=int(b.size),
+            )
+            for b in inputs
+        ],
+        reason=f"released from quarantine ({reason}); inputs listed by the blobs found",
+        finished_at=now,
+    )
+    store.put_final(manifest, s.failed_prefix)
+    broken = container.get_blob_client(manifest_path)
+    moves = [(b.name, target + b.name[len(folder) :]) for b in blobs if b.name != manifest_path]
+    etag = None
+    if any(b.name == manifest_path for b in blobs):
+        etag = str(broken.get_blob_properties().etag)
+        moves.append((manifest_path, target + "_batch.broken.json"))
+    results = clients.runner.map(
+        lambda pair: move_blob(container, pair[0], pair[1], keep_source=pair[0] == manifest_path),
+        moves,
+    )
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise RuntimeError(
+            f"batch {batch_id}: {len(failures)} blob(s) not moved yet: {failures[0]}"
+        )
+    if etag is not None:
+        try:
+            store.delete(batch_id, etag)
+        except ManifestConflict:
+            raise RuntimeError(
+                f"batch {batch_id}: its manifest changed during the release; run it again"
+            ) from None
+    logger.warning("batch %s: released from quarantine into %s", batch_id, target)
+    return {"batch": batch_id, "failed_folder": target, "inputs": len(inputs), "reason": reason}

@@ -285,9 +285,12 @@ def delete_quietly(container: ContainerClient, name: str) -> bool:
         return False
 
 
-def move_blob(container: ContainerClient, source: str, dest: str) -> bool:
+def move_blob(
+    container: ContainerClient, source: str, dest: str, keep_source: bool = False
+) -> bool:
     """Copy then delete a blob the app owns (two requests). Idempotent: a rerun after a crash
-    finds the source gone and the destination in place. True if this call moved it."""
+    finds the source gone and the destination in place. True if this call moved it.
+    `keep_source`: copy only (the caller deletes the source itself, conditionally)."""
     src = container.get_blob_client(source)
     try:
         result = container.get_blob_client(dest).start_copy_from_url(src.url)
@@ -298,7 +301,8 @@ def move_blob(container: ContainerClient, source: str, dest: str) -> bool:
             return False
         raise
     _wait_for_copy(container.get_blob_client(dest), result, source)
-    delete_quietly(container, source)
+    if not keep_source:
+        delete_quietly(container, source)
     return True
 
 

@@ -186,3 +186,27 @@ def test_a_file_storage_refuses_to_delete_costs_no_copy_on_later_ticks(
         assert counting.counts.get("copy", 0) == 1
         assert "incoming/locked.txt" in third.blocked
     assert all_names(pipeline.container, "incoming/") == ["incoming/locked.txt"]
+
+
+def test_a_quarantined_batch_is_released_to_failed_and_retried(pipeline: Pipeline) -> None:
+    from cleanup.admin import BadRequest, release_quarantined, retry_failed
+
+    drop(pipeline.container, ["incoming/job/a.txt", "incoming/job/b.txt"])
+    pipeline.emulator.configure(quota=0)  # stays `claimed`
+    clients = pipeline.clients(**QUICK)
+    poll(clients)
+    batch = only_batch(pipeline)
+    with pytest.raises(BadRequest, match="not quarantined"):
+        release_quarantined(clients, batch)
+    _spoil(pipeline, batch, b"{")
+    released = release_quarantined(clients, batch)
+    assert released["inputs"] == 2
+    assert all_names(pipeline.container, "processing/") == []
+    assert sorted(all_names(pipeline.container, f"failed/{batch}/")) == [
+        f"failed/{batch}/_batch.broken.json",
+        f"failed/{batch}/_batch.json",
+        f"failed/{batch}/job/a.txt",
+        f"failed/{batch}/job/b.txt",
+    ]
+    restored = retry_failed(clients, batch)["restored"]
+    assert sorted(restored) == ["incoming/job/a.txt", "incoming/job/b.txt"]
