@@ -22,8 +22,13 @@ SKEW_DIR = REPO_ROOT / "localdev" / "skew"  # its sitecustomize shifts time.time
 SKEW_SECONDS = 600
 SETTLE_SECONDS = 5
 # (role, clock offset in seconds) of every looping process: each wrong clock next to a right one.
-PROCESSES = (("poll", SKEW_SECONDS), ("poll", -SKEW_SECONDS), ("poll", 0))
-PROCESSES += (("sweep", SKEW_SECONDS), ("sweep", -SKEW_SECONDS))
+PROCESSES: tuple[tuple[str, int], ...] = (
+    ("poll", SKEW_SECONDS),
+    ("poll", -SKEW_SECONDS),
+    ("poll", 0),
+    ("sweep", SKEW_SECONDS),
+    ("sweep", -SKEW_SECONDS),
+)
 
 
 def scenario_skew(stack: Stack, mode: Mode, rng: random.Random, report: Report) -> Row:

@@ -14,7 +14,9 @@ from .core import Interrupted, Mode, log
 from .crash import scenario_crash
 from .faults import scenario_faults
 from .lease import scenario_lease
+from .operator import scenario_operator
 from .race import scenario_race
+from .refusals import scenario_refusals
 from .report import Report, Row
 from .security import scan_secrets, scenario_security
 from .skew import scenario_skew
@@ -33,6 +35,8 @@ SCENARIOS: dict[str, Scenario] = {
     "lease": scenario_lease,
     "stall": scenario_stall,
     "skew": scenario_skew,
+    "operator": scenario_operator,
+    "refusals": scenario_refusals,
     "badinput": scenario_badinput,
     "config": scenario_config,
     "security": scenario_security,
