@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 
 import config
-from localdev.proxy import Classifier, arm_kind, storage_kind
+from localdev.proxy import Classifier, When, arm_kind, storage_kind
 
 from .checks import Checker, add_verdict, drop_files
 from .core import TAG_RE, Interrupted, Mode, log
@@ -25,6 +25,8 @@ HOLD_LIMIT_SECONDS = 240.0  # a forgotten stall ends by itself
 # its write of the `claimed` manifest (held before it reaches storage, or after storage applied
 # it with the answer held); `launch`: its container group PUT (likewise).
 VARIANTS = ("deletes", "launch", "copy", "manifest")
+BEFORE: When = "before"
+WHEN: tuple[When, When] = (BEFORE, "after")
 
 
 class StallGate:
@@ -155,15 +157,15 @@ def scenario_stall(stack: Stack, mode: Mode, rng: random.Random, report: Report)
         files = trng.randint(6, 12)  # one batch: the victim's tick claims it alone
         drop_files(arena, [f"incoming/s{index}/a{k:02d}.txt" for k in range(files)], trng)
         if variant == "deletes":
-            kind, nth, when = "batch", 1, "before"
+            kind, nth, when = "batch", 1, BEFORE
         elif variant == "copy":
-            kind, nth, when = "copy", trng.randint(1, files), "before"
+            kind, nth, when = "copy", trng.randint(1, files), BEFORE
         elif variant == "manifest":
-            kind, nth, when = "put_manifest", 2, trng.choice(("before", "after"))
+            kind, nth, when = "put_manifest", 2, trng.choice(WHEN)
         else:
-            kind, nth, when = "arm_put", 1, trng.choice(("before", "after"))
+            kind, nth, when = "arm_put", 1, trng.choice(WHEN)
         proxy = arm if kind == "arm_put" else storage
-        trig = proxy.add_trigger(f"{kind}:{victim_tag}", nth, gate.hold, when=when, then="continue")  # type: ignore[arg-type]
+        trig = proxy.add_trigger(f"{kind}:{victim_tag}", nth, gate.hold, when=when, then="continue")
         box: dict[str, Run] = {}
 
         def run_victim() -> None:
