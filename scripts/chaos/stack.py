@@ -269,10 +269,10 @@ class Stack(contextlib.ExitStack):
     def storage_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(self.storage_upstream, classify or tagged(storage_kind), **kwargs)
 
-    def arm_proxy(self, **kwargs: Any) -> Proxy:
+    def arm_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(
             self.emulator.url,
-            tagged(arm_kind),
+            classify or tagged(arm_kind),
             tls=True,
             upstream_ca=str(self.emulator.ca),
             **kwargs,
