@@ -59,7 +59,7 @@ chaos: venv
 bench: venv
 	$(PY) scripts/bench.py
 
-## Deploy to Azure (needs the az CLI and a subscription): see README "Deploying to Azure".
+## Deploy to Azure (needs the az CLI and a subscription): see docs/deployment.md.
 deploy:
 	scripts/deploy.sh
 

@@ -1,6 +1,6 @@
 """Every app setting, read once into a frozen `Settings` object.
 
-The names below are the user-facing contract: the README's settings table documents each one and
+The names below are the user-facing contract: docs/settings.md documents each one (tests/test_docs.py checks it) and
 infra/main.bicep sets them. `load_settings()` collects *all* problems and raises one
 `ConfigError` naming every bad or missing setting, so an operator fixes a deployment in one pass
 and nothing touches storage or ARM with a half-valid configuration.

@@ -241,7 +241,7 @@ def launch_batch(
     `lease` (the poll lease) guards the PUT: it is sent, and retried, only while the lease is
     ours for at least half its duration more (`LeaseLock.holds_for`), so a launcher that stalled
     does not deploy after a successor may have acted. A PUT already in flight can still land
-    late; the container's own check (README, "What the container gets") covers that.
+    late; the container's own check (docs/container.md) covers that.
     """
     assert manifest.state is State.CLAIMED, manifest.state
     attempt = manifest.attempt + 1

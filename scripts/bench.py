@@ -975,7 +975,7 @@ def fmt(value: Any) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """A Markdown table: printed, and pasted as is into the README's Performance section."""
+    """A Markdown table: printed, and pasted as is into docs/performance.md."""
     lines = ["| # | figure | value | target | met |", "|---|---|---|---|---|"]
     for r in rows:
         value = f"{fmt(r.value)} {r.unit}".strip()

@@ -41,7 +41,7 @@ SUBNET = (
     "Microsoft.Network/virtualNetworks/v/subnets/aci"
 )
 QUICK = {"ACI_IMAGE": "python:3.11-slim", "ACI_COMMAND": '["python", "-c", "print(42)"]'}
-# Every configuration the app supports that changes the PUT body (README "Configuration").
+# Every configuration the app supports that changes the PUT body (docs/settings.md).
 CONFIGURATIONS: dict[str, dict[str, str]] = {
     "sas-from-account-key": QUICK,
     "managed-identity": {**QUICK, "ACI_IDENTITY_ID": IDENTITY, "ACI_IDENTITY_CLIENT_ID": CLIENT_ID},

@@ -329,7 +329,7 @@ class BatchRun:
         return code
 
     def _not_current(self, container: ContainerClient, manifest: Manifest) -> str | None:
-        """The exactly-once contract of a container (README, "What the container gets"): run
+        """The exactly-once contract of a container (docs/container.md): run
         only if this is the batch's current attempt, and only once. ACI runs a group again when
         a PUT for it arrives after it terminated (it is deployed as new) and restarts it when a
         PUT changes it; a launcher that stalled past its lease may send such a late PUT. So the
