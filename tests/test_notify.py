@@ -229,7 +229,7 @@ def test_a_crash_between_finish_and_notify_still_delivers_one_deduplicable_messa
         os.kill(holder["sweep"].pid, signal.SIGKILL)
 
     with Proxy(upstream=f"http://127.0.0.1:{pipeline.azurite.queue_port}") as proxy:
-        trigger = proxy.add_trigger("*", 1, kill, when=when)  # type: ignore[arg-type]
+        trigger = proxy.add_trigger("*", 1, kill, when=when)
         conn = connection_string(pipeline.azurite.port, queue_port=proxy.port)
         env = pipeline.subprocess_env(**notify_env(name), STORAGE_CONNECTION_STRING=conn)
         deadline = time.monotonic() + 90
