@@ -45,6 +45,11 @@ def state(client: ContainerInstanceManagementClient, name: str) -> tuple[str | N
     return (current.state, current.exit_code) if current else (None, None)
 
 
+def get(client: ContainerInstanceManagementClient, name: str) -> Any:
+    """The group through the SDK (typed Any: the models' optional fields are set here)."""
+    return client.container_groups.get(RG, name)
+
+
 def dig(doc: Any, path: tuple[Any, ...]) -> Any:
     for key in path:
         doc = doc[key]
@@ -118,7 +123,7 @@ def test_a_finished_group_comes_back_unchanged_logs_included(restarted: Restarte
 
 
 def test_a_running_group_comes_back_killed_by_the_platform(restarted: Restarted) -> None:
-    got = restarted.client.container_groups.get(RG, "running")
+    got = get(restarted.client, "running")
     assert got.instance_view.state == "Failed"
     view = got.containers[0].instance_view
     assert view.current_state.state == "Terminated"
@@ -135,7 +140,7 @@ def test_a_running_group_comes_back_killed_by_the_platform(restarted: Restarted)
 
 
 def test_a_group_still_provisioning_comes_back_failed(restarted: Restarted) -> None:
-    got = restarted.client.container_groups.get(RG, "provisioning")
+    got = get(restarted.client, "provisioning")
     assert got.provisioning_state == "Failed"
     assert got.instance_view.state == "Failed"
     view = got.containers[0].instance_view
