@@ -409,6 +409,10 @@ def _serve(
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
+                    # Groups survive a restart of `make run` as after a host outage (make reset
+                    # removes the file with the rest of the state).
+                    "--state-file",
+                    "groups.json",
                     # Azure's defaults otherwise; only the app's resource group exists.
                     "--resource-group",
                     values.get("ACI_RESOURCE_GROUP", "rg-local"),
