@@ -110,14 +110,16 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
 
 def test_a_gpu_group_is_launched_but_not_in_a_virtual_network(pipeline: Pipeline) -> None:
     """ACI has no GPU groups in a virtual network ("Resource availability & quota limits for
-    ACI"): the launch is refused and the refusal recorded on the batch."""
+    ACI"): config.py refuses that combination at start (the emulator would refuse the PUT,
+    tests/test_aci_emulator_strict.py); without the subnet the GPU group launches."""
+    from config import ConfigError
+
     drop(pipeline.container, ["incoming/a.txt"])
     gpu = {"ACI_IMAGE": "python:3.11", "ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "1"}
-    poll(pipeline.clients(ACI_SUBNET_ID=SUBNET, **gpu))
-    [m] = manifests(pipeline).values()
-    assert m["state"] == "claimed" and m["last_error"]["code"] == "ServiceUnavailable"
+    with pytest.raises(ConfigError, match="GPU resources in a virtual network"):
+        pipeline.settings(ACI_SUBNET_ID=SUBNET, **gpu)
     assert pipeline.groups() == []
-    recover(pipeline.clients(**gpu))
+    poll(pipeline.clients(**gpu))
     [m] = manifests(pipeline).values()
     assert m["state"] == "launched"
     res = pipeline.get_group(m["group"]).containers[0].resources.requests

@@ -239,7 +239,7 @@ def scenario_operator(stack: Stack, mode: Mode, rng: random.Random, report: Repo
     not_noop: list[str] = []
     restored_total = kept_total = 0
     for batch in failed:
-        run, answer = op.cli("retry", batch)
+        run, answer = op.cli("retry", batch, "--json")
         first: dict[str, Any] = answer or {}
         kept = sorted(k["file"] for k in first.get("kept", []))
         restored_total += len(first.get("restored", []))
@@ -250,7 +250,7 @@ def scenario_operator(stack: Stack, mode: Mode, rng: random.Random, report: Repo
             body = arena.container.download_blob(name).readall()
             if sha(body) != arena.dropped[name + "#2"].sha256:
                 bad_retry.append(f"{batch}: {name} in incoming/ was overwritten")
-        run2, again = op.cli("retry", batch)
+        run2, again = op.cli("retry", batch, "--json")
         second: dict[str, Any] = again or {}
         if (
             run2.rc != 0
