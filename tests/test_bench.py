@@ -25,6 +25,12 @@ COUNTED = {
     "launch_arm_per_batch",  # 6: list + PUT, no LRO polling
     "sweep_arm_per_group",  # 7: GET + logs + DELETE per finished group, amortised list
     "sweep_storage_per_batch",
+    "backlog_storage_requests",  # 8: a tick's requests grow with what it claims, not what waits
+    "backlog_list_requests",
+    "backlog_room0_list_requests",
+    "backlog_blocked_in_front",
+    "backlog_drain_ticks",
+    "backlog_drain_lost_duplicated",
 }
 
 
@@ -61,6 +67,8 @@ def test_tiny_benchmark_request_counts_meet_their_targets(tiny_run: dict[str, An
     assert rows["idle_poll_storage"]["value"] == 1
     assert rows["idle_poll_arm"]["value"] == 0
     assert rows["idle_sweep_arm"]["value"] == 1
+    assert rows["backlog_room0_list_requests"]["value"] == 1
+    assert rows["backlog_drain_lost_duplicated"]["value"] == 0
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["stock", "fast-delete"])
