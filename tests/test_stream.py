@@ -37,27 +37,28 @@ def claimed_sources(container: ContainerClient) -> list[str]:
     return sorted(batch_contents(container))
 
 
-def test_an_idle_tick_is_one_request_while_what_waits_fits_a_page(
-    azurite: Azurite, container: ContainerClient
+def test_an_idle_tick_is_one_request_while_what_waits_fits_the_first_page(
+    azurite: Azurite, container: ContainerClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from launcher.clients import build_clients
 
+    monkeypatch.setattr(poll_module, "FIRST_PAGE_SIZE", 5)
     counter = CountingPolicy()
     settings = make_settings(
         azurite.connection_string, container.container_name, BATCH_SETTLE_SECONDS="3600"
     )
     clients = build_clients(settings, storage_policies=[counter])
-    drop(container, [f"incoming/f{i:02d}" for i in range(PAGE)])
+    drop(container, [f"incoming/f{i:02d}" for i in range(5)])
     report = poll(clients)
-    assert report.idle and report.unsettled == PAGE and report.listing_complete
+    assert report.idle and report.unsettled == 5 and report.listing_complete
     assert counter.counts == Counter({"list": 1})
-    # More than a page waiting: every page is read (something claimable may sit behind), still
-    # without the lease or any other request.
-    drop(container, [f"incoming/g{i:02d}" for i in range(2 * PAGE)])
+    # More waiting: every page is read (something claimable may sit behind), a first one of 5
+    # names and then pages of 10, still without the lease or any other request.
+    drop(container, [f"incoming/g{i:02d}" for i in range(25)])
     counter.reset()
     report = poll(clients)
-    assert report.idle and report.unsettled == 3 * PAGE and report.list_pages == 3
-    assert counter.counts == Counter({"list": 3})
+    assert report.idle and report.unsettled == 30 and report.list_pages == 4
+    assert counter.counts == Counter({"list": 4})
 
 
 def test_a_tick_stops_listing_once_it_has_its_batches(pipeline: Pipeline) -> None:
