@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run demo test lint fmt typecheck chaos bench deploy clean
+.PHONY: venv run demo reset test lint fmt typecheck chaos bench deploy clean
 
 venv: $(STAMP) node_modules/.bin/azurite-blob
 
@@ -24,8 +24,17 @@ run: venv
 	$(PY) -m localdev.run $(RUN_ARGS)
 
 ## The same stack, scripted: drop a sample folder (with one bad file) and check the outcome.
+## It runs on its own ports and in-memory storage (beside `make run` if that is up).
 demo: venv
 	$(PY) -m localdev.run --demo $(RUN_ARGS)
+
+## Forget local state (Azurite's blobs, the emulator's groups, logs); keeps settings and installs.
+STATE_DIR ?= .localdev
+reset:
+	@if [ -f $(STATE_DIR)/run.pid ] && kill -0 "$$(cat $(STATE_DIR)/run.pid)" 2>/dev/null; then \
+		echo "make run is up (pid $$(cat $(STATE_DIR)/run.pid)): stop it with Ctrl-C first" >&2; exit 1; fi
+	rm -rf $(STATE_DIR)
+	@echo "local state cleared ($(STATE_DIR)); local.settings.json, .venv and node_modules kept"
 
 ## Lint, type-check and run every test (Azurite and the ACI emulator start by themselves).
 test: venv lint typecheck
@@ -50,9 +59,10 @@ chaos: venv
 bench: venv
 	$(PY) scripts/bench.py
 
-## Deploy to Azure (needs the az CLI and a subscription): see README "Deploying to Azure".
+## Deploy to Azure (needs the az CLI and a subscription): see docs/deployment.md.
 deploy:
 	scripts/deploy.sh
 
+## Everything generated, installs included (`make reset` clears only the local state).
 clean:
 	rm -rf $(VENV) node_modules .localdev .pytest_cache .mypy_cache .ruff_cache

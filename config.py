@@ -1,6 +1,6 @@
 """Every app setting, read once into a frozen `Settings` object.
 
-The names below are the user-facing contract: the README's settings table documents each one and
+The names below are the user-facing contract: docs/settings.md documents each one (tests/test_docs.py checks it) and
 infra/main.bicep sets them. `load_settings()` collects *all* problems and raises one
 `ConfigError` naming every bad or missing setting, so an operator fixes a deployment in one pass
 and nothing touches storage or ARM with a half-valid configuration.
@@ -31,6 +31,7 @@ DONE_PREFIX = "DONE_PREFIX"
 FAILED_PREFIX = "FAILED_PREFIX"
 OUTPUT_PREFIX = "OUTPUT_PREFIX"
 LOCK_PREFIX = "LOCK_PREFIX"
+INDEX_PREFIX = "INDEX_PREFIX"
 POLL_SCHEDULE = "POLL_SCHEDULE"
 JANITOR_SCHEDULE = "JANITOR_SCHEDULE"
 BATCH_MODE = "BATCH_MODE"
@@ -70,6 +71,11 @@ NO_RETRY_EXIT_CODES = "NO_RETRY_EXIT_CODES"
 KEEP_FAILED_GROUPS = "KEEP_FAILED_GROUPS"
 ORPHAN_GRACE_MINUTES = "ORPHAN_GRACE_MINUTES"
 STUCK_CLAIM_SECONDS = "STUCK_CLAIM_SECONDS"
+VANISH_GRACE_SECONDS = "VANISH_GRACE_SECONDS"
+MAX_PLATFORM_RELAUNCHES = "MAX_PLATFORM_RELAUNCHES"
+ACI_LOG_ANALYTICS_WORKSPACE_ID = "ACI_LOG_ANALYTICS_WORKSPACE_ID"
+ACI_LOG_ANALYTICS_WORKSPACE_KEY = "ACI_LOG_ANALYTICS_WORKSPACE_KEY"
+STALL_ALARM_MINUTES = "STALL_ALARM_MINUTES"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -80,7 +86,16 @@ SEED_RESOURCE_GROUP = "ResourceGroupName"
 DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 BATCH_MODES = ("tick", "folder")
 ARM_AUTH_MODES = ("identity", "emulator")
-GPU_SKUS = ("K80", "P100", "V100")
+# ACI's GPU SKUs: V100 (K80 and P100 were retired on 31 August 2023).
+GPU_SKUS = ("V100",)
+# The documented per-group maximums ("Resource availability & quota limits for ACI"):
+# (CPU cores, memory GB) for a standard group and per V100 count; no GPU in a virtual network.
+GROUP_LIMITS: dict[tuple[str, int] | None, tuple[float, float]] = {
+    None: (4, 16),
+    ("V100", 1): (6, 112),
+    ("V100", 2): (12, 224),
+    ("V100", 4): (24, 448),
+}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -117,6 +132,7 @@ class Settings:
     failed_prefix: str
     output_prefix: str
     lock_prefix: str
+    index_prefix: str
     # schedules and batching
     poll_schedule: str
     janitor_schedule: str
@@ -159,6 +175,11 @@ class Settings:
     keep_failed_groups: bool = False
     orphan_grace_minutes: int = 15
     stuck_claim_seconds: int = 300
+    vanish_grace_seconds: int = 120
+    max_platform_relaunches: int = 3
+    log_analytics_workspace_id: str | None = None
+    log_analytics_workspace_key: str | None = field(default=None, repr=False)
+    stall_alarm_minutes: float = 10.0
 
     @property
     def poll_lock_blob(self) -> str:
@@ -429,6 +450,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         FAILED_PREFIX: r.prefix(FAILED_PREFIX, "failed/"),
         OUTPUT_PREFIX: r.prefix(OUTPUT_PREFIX, "output/"),
         LOCK_PREFIX: r.prefix(LOCK_PREFIX, "locks/"),
+        INDEX_PREFIX: r.prefix(INDEX_PREFIX, "index/"),
     }
     names = list(prefixes)
     for i, a in enumerate(names):
@@ -517,6 +539,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if subnet_id is not None and "/subnets/" not in subnet_id.lower():
         r.problems.append(f"{ACI_SUBNET_ID} must be a subnet resource ID (.../subnets/NAME)")
 
+    workspace_id = r.text(ACI_LOG_ANALYTICS_WORKSPACE_ID)
+    workspace_key = r.text(ACI_LOG_ANALYTICS_WORKSPACE_KEY)
+    if bool(workspace_id) != bool(workspace_key):
+        r.problems.append(
+            f"{ACI_LOG_ANALYTICS_WORKSPACE_ID} and {ACI_LOG_ANALYTICS_WORKSPACE_KEY} go together"
+        )
+    if workspace_id and not _GUID_RE.match(workspace_id):
+        r.problems.append(
+            f"{ACI_LOG_ANALYTICS_WORKSPACE_ID} must be the workspace's customer id (a GUID)"
+        )
+
     group_prefix = r.text(GROUP_PREFIX) or "ml-"
     if not _GROUP_PREFIX_RE.match(group_prefix) or len(group_prefix) > 20:
         r.problems.append(
@@ -545,6 +578,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         failed_prefix=prefixes[FAILED_PREFIX],
         output_prefix=prefixes[OUTPUT_PREFIX],
         lock_prefix=prefixes[LOCK_PREFIX],
+        index_prefix=prefixes[INDEX_PREFIX],
         poll_schedule=r.schedule(POLL_SCHEDULE, "0 */1 * * * *"),
         janitor_schedule=r.schedule(JANITOR_SCHEDULE, "30 */2 * * * *"),
         batch_mode=r.choice(BATCH_MODE, "tick", BATCH_MODES),
@@ -564,8 +598,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         arm_ca_bundle=ca_bundle,
         arm_auth=arm_auth,
         image=image,
-        cpu=r.number(ACI_CPU, 1.0, float, 0.1, 16),
-        memory_gb=r.number(ACI_MEMORY_GB, 1.5, float, 0.1, 64),
+        cpu=r.number(ACI_CPU, 1.0, float, 0.1, 24),
+        memory_gb=r.number(ACI_MEMORY_GB, 1.5, float, 0.1, 448),
         gpu_sku=gpu_sku.upper() if gpu_sku else None,
         gpu_count=gpu_count,
         command=command,
@@ -584,10 +618,91 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         keep_failed_groups=r.boolean(KEEP_FAILED_GROUPS, False),
         orphan_grace_minutes=r.number(ORPHAN_GRACE_MINUTES, 15, int, 0, 7 * 24 * 60),
         stuck_claim_seconds=r.number(STUCK_CLAIM_SECONDS, 300, int, 0, 24 * 3600),
+        vanish_grace_seconds=r.number(VANISH_GRACE_SECONDS, 120, int, 0, 24 * 3600),
+        max_platform_relaunches=r.number(MAX_PLATFORM_RELAUNCHES, 3, int, 0, 20),
+        log_analytics_workspace_id=workspace_id,
+        log_analytics_workspace_key=workspace_key,
+        stall_alarm_minutes=r.number(STALL_ALARM_MINUTES, 10.0, float, 0.1, 7 * 24 * 60),
     )
+    r.problems += group_limit_problems(settings)
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+def group_limit_problems(s: Settings) -> list[str]:
+    """A container group ACI can never deploy, refused at start instead of failing every
+    launch: over the documented per-group maximums, or a GPU in a virtual network."""
+    problems: list[str] = []
+    if s.gpu_sku and s.subnet_id:
+        problems.append(
+            f"{ACI_GPU_SKU} with {ACI_SUBNET_ID}: ACI does not support GPU resources in a "
+            "virtual network"
+        )
+    key = (s.gpu_sku, s.gpu_count) if s.gpu_sku else None
+    if key is not None and key not in GROUP_LIMITS:
+        counts = sorted(k[1] for k in GROUP_LIMITS if k is not None and k[0] == s.gpu_sku)
+        problems.append(
+            f"{ACI_GPU_COUNT}={s.gpu_count}: ACI offers {s.gpu_sku} groups with "
+            f"{', '.join(map(str, counts))} GPU(s)"
+        )
+        return problems
+    max_cpu, max_memory = GROUP_LIMITS[key]
+    what = f"{s.gpu_count} x {s.gpu_sku} group" if key else "standard container group"
+    if s.cpu > max_cpu:
+        problems.append(
+            f"{ACI_CPU}={s.cpu:g} exceeds ACI's maximum of {max_cpu:g} CPU cores per {what}"
+        )
+    if s.memory_gb > max_memory:
+        problems.append(
+            f"{ACI_MEMORY_GB}={s.memory_gb:g} exceeds ACI's maximum of {max_memory:g} GB per {what}"
+        )
+    return problems
+
+
+LOCAL_SETTINGS_FILE = "local.settings.json"
+
+
+def load_settings_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The `Values` of a local.settings.json (Core Tools' layout) as strings; ConfigError names
+    the file and what is wrong with it."""
+    try:
+        raw = json.loads(open(path, encoding="utf-8-sig").read())  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: not valid JSON ({exc})"]) from None
+    values = raw.get("Values") if isinstance(raw, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError([f"{path}: expected a JSON object with a 'Values' object"])
+    if raw.get("IsEncrypted"):
+        raise ConfigError([f"{path}: IsEncrypted is true; only plain-text values can be read"])
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        if isinstance(value, bool):
+            out[name] = "True" if value else "False"
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+    return out
+
+
+def settings_environment(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a command-line tool runs with: the settings file's Values under the environment
+    (the environment wins, as in the Functions host). Without `path`, ./local.settings.json is
+    read when it exists, so the CLIs run beside `make run` with the same settings."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        if not os.path.isfile(LOCAL_SETTINGS_FILE):
+            return env
+        path = LOCAL_SETTINGS_FILE
+    return {**load_settings_file(path), **env}
+
+
+def load_local_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Settings for a command-line tool: `settings_environment(path)`, validated."""
+    return load_settings(settings_environment(path))
 
 
 @functools.cache

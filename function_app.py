@@ -13,14 +13,16 @@ import logging
 
 import azure.functions as func
 
-from cleanup import admin
+from cleanup import admin, status
 from cleanup.sweep import sweep
 from config import get_settings
+from launcher import telemetry
 from launcher.clients import get_clients
 from launcher.errors import run_logged
 from launcher.poll import poll
 
 logging.getLogger("azure").setLevel(logging.WARNING)
+telemetry.setup()  # OpenTelemetry export if configured (launcher/telemetry.py)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -41,6 +43,16 @@ def _reply(reply: admin.Reply) -> func.HttpResponse:
         json.dumps(reply.body, indent=2, default=str),
         status_code=reply.status,
         mimetype="application/json",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+    )
+
+
+def _asset(found: tuple[bytes, str] | None) -> func.HttpResponse:
+    if found is None:
+        return func.HttpResponse(b"", status_code=404)
+    body, mimetype = found
+    return func.HttpResponse(
+        body, status_code=200, mimetype=mimetype, charset="utf-8", headers=status.SECURITY_HEADERS
     )
 
 
@@ -57,3 +69,36 @@ def ops_poll(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="ops/batches", methods=["GET"])
 def ops_batches(req: func.HttpRequest) -> func.HttpResponse:
     return _reply(admin.list_batches(dict(req.params)))
+
+
+@app.route(route="ops/batches/{batch}", methods=["GET"])
+def ops_batch(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(status.get_batch(dict(req.params) | dict(req.route_params)))
+
+
+@app.route(route="ops/batches/{batch}/logs/{attempt}", methods=["GET"])
+def ops_batch_log(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(status.get_log(dict(req.params) | dict(req.route_params)))
+
+
+@app.route(route="ops/batches/{batch}/retry", methods=["POST"])
+def ops_batch_retry(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(status.retry(dict(req.params) | dict(req.route_params)))
+
+
+@app.route(route="ops/now", methods=["GET"])
+def ops_now(req: func.HttpRequest) -> func.HttpResponse:
+    return _reply(status.get_now(dict(req.params)))
+
+
+@app.route(route="ops/status", methods=["GET"])
+def ops_status(req: func.HttpRequest) -> func.HttpResponse:
+    """The status page (HTML). Its data comes from the keyed JSON endpoints above."""
+    return _asset(status.page_html())
+
+
+@app.route(route="ops/status/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def ops_status_assets(req: func.HttpRequest) -> func.HttpResponse:
+    """The page's script and stylesheet: public because a <script src> cannot send the key,
+    and they are the same in every deployment, with no data in them."""
+    return _asset(status.page_asset(req.route_params.get("name", "")))

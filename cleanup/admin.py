@@ -11,10 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+
+from cleanup import history
 from cleanup.sweep import SweepReport, sweep
 from config import ConfigError, get_settings
 from launcher.batch import (
     LOGS_DIR,
+    RETRY_OF_METADATA,
     FileEntry,
     Manifest,
     ManifestConflict,
@@ -25,6 +29,7 @@ from launcher.batch import (
 from launcher.blobs import Restore, move_blob, restore_blob
 from launcher.clients import Clients, get_clients
 from launcher.errors import explain
+from launcher.launch import CONTAINER_NAME
 from launcher.poll import TickReport, poll
 
 logger = logging.getLogger(__name__)
@@ -119,9 +124,10 @@ def run_poll(params: Mapping[str, str]) -> Reply:
 
 @_guard
 def list_batches(params: Mapping[str, str]) -> Reply:
-    """Batches newest first with state, attempts, group, timings and error; `state=` filters
-    (claiming, claimed, launched, finishing, succeeded, failed), `limit=` caps (default 100)."""
-    _only(params, ("state", "limit"))
+    """One page of batches newest first (see cleanup/history.py): `state=` filters (claiming,
+    claimed, launched, finishing, succeeded, failed), `limit=` is the page size (default 100),
+    `continuationToken=` (from the previous page) reads the next page."""
+    _only(params, ("state", "limit", "continuationToken"))
     state_text = params.get("state", "").strip().lower()
     try:
         state = State(state_text) if state_text else None
@@ -135,73 +141,13 @@ def list_batches(params: Mapping[str, str]) -> Reply:
         raise BadRequest(f"limit must be an integer, got {params.get('limit')!r}") from None
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise BadRequest(f"limit must be between 1 and {MAX_LIST_LIMIT}")
-    batches = batch_summaries(_clients(), state, limit)
-    return Reply(200, {"count": len(batches), "batches": batches})
-
-
-def batch_summaries(clients: Clients, state: State | None, limit: int) -> list[dict[str, Any]]:
-    """Read the newest `limit` manifests (optionally of one state) from all three folders.
-
-    Folders are listed with a delimiter, so the cost is one entry per batch, not per file."""
-    s = clients.settings
-    prefixes = [s.processing_prefix, s.done_prefix, s.failed_prefix]
-    if state is State.SUCCEEDED:
-        prefixes = [s.done_prefix]
-    elif state is State.FAILED:
-        prefixes = [s.failed_prefix]
-    elif state is not None:
-        prefixes = [s.processing_prefix]
-    found: list[tuple[str, str]] = []
-    for prefix in prefixes:
-        for item in clients.container.walk_blobs(name_starts_with=prefix, delimiter="/"):
-            batch_id = item.name[len(prefix) :].rstrip("/")
-            if item.name.endswith("/") and batch_id:
-                found.append((batch_id, prefix))
-    found.sort(reverse=True)
-
-    def read(entry: tuple[str, str]) -> dict[str, Any] | None:
-        try:
-            got = clients.store.read(entry[0], entry[1])
-        except ManifestUnreadable as exc:
-            if state is not None:
-                return None
-            return {
-                "batch": entry[0],
-                "state": "quarantined",
-                "folder": entry[1] + entry[0] + "/",
-                "error": exc.reason,
-            }
-        if got is None:
-            return None
-        m = got[0]
-        if state is not None and m.state is not state:
-            return None
-        last = m.attempts[-1] if m.attempts else None
-        return {
-            "batch": m.batch_id,
-            "state": m.state.value,
-            "folder": entry[1] + m.batch_id + "/",
-            "files": len(m.files),
-            "attempt": m.attempt,
-            "group": m.group,
-            "created": m.created,
-            "launched_at": m.launched_at,
-            "finished_at": m.finished_at,
-            "duration_seconds": last.duration_seconds if last else None,
-            "exit_code": last.exit_code if last else None,
-            "error": m.reason or (m.last_error or {}).get("message"),
-            "attempts": [a.__dict__ for a in m.attempts],
-        }
-
-    out: list[dict[str, Any]] = []
-    # Read in pages so a state filter still returns `limit` rows without reading everything.
-    for start in range(0, len(found), limit):
-        for row in clients.runner.map(read, found[start : start + limit]):
-            if isinstance(row, dict):
-                out.append(row)
-        if len(out) >= limit:
-            break
-    return out[:limit]
+    token = params.get("continuationToken") or None
+    clients = _clients()  # outside the try: a ConfigError is a ValueError too
+    try:
+        page = history.list_page(clients, state, limit, token)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return Reply(200, page.to_dict())
 
 
 def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
@@ -225,7 +171,12 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
     container = clients.container
 
     def restore(entry: FileEntry) -> Restore:
-        return restore_blob(container, folder + entry.blob, s.incoming_prefix + entry.name)
+        return restore_blob(
+            container,
+            folder + entry.blob,
+            s.incoming_prefix + entry.name,
+            {RETRY_OF_METADATA: batch_id},
+        )
 
     results = clients.runner.map(restore, manifest.files)
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -259,6 +210,7 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
         }
         try:
             store.update(manifest, etag, s.failed_prefix)
+            history.record(clients, manifest, s.failed_prefix)  # the index shows the retry too
         except ManifestConflict:
             logger.warning("batch %s: retried concurrently; its record is the other's", batch_id)
     for k in kept:
@@ -277,6 +229,54 @@ def retry_failed(clients: Clients, batch_id: str) -> dict[str, Any]:
         already,
     )
     return {"batch": batch_id, "restored": restored, "kept": kept, "restored_earlier": already}
+
+
+@dataclass(frozen=True)
+class AttemptLogs:
+    batch: str
+    attempt: int
+    source: str  # the saved log blob, or "live from group NAME"
+    text: str
+
+
+def find_batch(clients: Clients, batch_id: str) -> tuple[Manifest, str]:
+    """A batch's manifest and its folder's prefix, wherever it is (processing/, done/, failed/)."""
+    s = clients.settings
+    for prefix in (s.processing_prefix, s.done_prefix, s.failed_prefix):
+        try:
+            found = clients.store.read(batch_id, prefix)
+        except ManifestUnreadable as exc:
+            raise BadRequest(f"batch {batch_id} is quarantined: {exc.reason}") from None
+        if found is not None:
+            return found[0], prefix
+    raise BadRequest(
+        f"no batch {batch_id!r} under {s.processing_prefix}, {s.done_prefix} or {s.failed_prefix}"
+    )
+
+
+def batch_logs(clients: Clients, batch_id: str, attempt: int | None = None) -> AttemptLogs:
+    """The container log of one attempt (default: the latest): the copy the janitor saved
+    under `_logs/`, or, while the attempt still runs, the live log from its group."""
+    manifest, prefix = find_batch(clients, batch_id)
+    number = attempt if attempt is not None else manifest.attempt
+    if number < 1:
+        raise BadRequest(f"batch {batch_id} has not been launched yet (state {manifest.state})")
+    rec = next((a for a in manifest.attempts if a.attempt == number), None)
+    if rec is None and number != manifest.attempt:
+        known = ", ".join(str(a.attempt) for a in manifest.attempts) or "none"
+        raise BadRequest(f"batch {batch_id} has no attempt {number} (attempts: {known})")
+    if rec is not None and rec.logs:
+        name = clients.store.folder(batch_id, prefix) + rec.logs
+        try:
+            text = clients.container.download_blob(name).readall().decode("utf-8", "replace")
+        except ResourceNotFoundError:
+            raise BadRequest(f"batch {batch_id} attempt {number}: {name} is missing") from None
+        return AttemptLogs(batch_id, number, name, text)
+    if manifest.state is State.LAUNCHED and number == manifest.attempt and manifest.group:
+        text = clients.hook.logs(manifest.group, CONTAINER_NAME)
+        return AttemptLogs(batch_id, number, f"live from group {manifest.group}", text)
+    outcome = rec.outcome if rec is not None else manifest.state.value
+    raise BadRequest(f"batch {batch_id} attempt {number} has no saved log ({outcome})")
 
 
 def release_quarantined(clients: Clients, batch_id: str) -> dict[str, Any]:

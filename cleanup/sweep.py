@@ -18,6 +18,7 @@ janitor lease (so a timer sweep and an on-demand sweep never overlap) and lists 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,10 +26,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.mgmt.containerinstance.models import ContainerGroup
 
+from cleanup import alarm, history
 from launcher import poll as launcher_poll
+from launcher import telemetry
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import (
     LOGS_DIR,
@@ -49,8 +52,35 @@ from launcher.poll import log_quarantined
 
 logger = logging.getLogger(__name__)
 
-VANISH_GRACE_SECONDS = 120
+# Exit codes of a container the platform killed ("Container instance exit codes": 7147
+# "Killed by the platform", 7148 "Killed due to a host issue / container group failure").
+PLATFORM_KILL_EXIT_CODES = frozenset({7147, 7148})
+# What ACI keeps of a terminated container's log ("Retrieve container logs and events"): the
+# last 16 KB or 1,000 lines; the running container's is capped at 4 MB.
+ACI_TERMINATED_LOG_BYTES = 16 * 1024
+ACI_TERMINATED_LOG_LINES = 1000
+
+
+def truncation_note(logs: str) -> str:
+    """A first line for a saved log that may have lost its beginning: ACI keeps only the tail
+    of a terminated container's log, and the janitor reads it after termination."""
+    size = len(logs.encode("utf-8", "replace"))
+    if size < ACI_TERMINATED_LOG_BYTES - 1024 and logs.count("\n") < ACI_TERMINATED_LOG_LINES - 1:
+        return ""
+    return (
+        "[model-launcher] ACI keeps only the last 16 KB / 1,000 lines of a stopped container's "
+        f"log and this one is {size} bytes: its beginning is probably missing. Complete logs: "
+        "Log Analytics (ACI_LOG_ANALYTICS_WORKSPACE_ID), or the worker's own "
+        "_logs/attempt-<n>.worker.log when the image writes one (the sample worker does).\n"
+    )
+
+
 SWEEP_CONCURRENCY = 8
+# A container's own account of why it failed: output/<batch>/_error.json (docs/operations.md
+# "Telling why a batch failed"). Read once per failed attempt, at most this many bytes.
+ERROR_REPORT = "_error.json"
+ERROR_REPORT_MAX_BYTES = 64 * 1024
+ERROR_REASON_MAX_CHARS = 500
 
 
 @dataclass
@@ -85,8 +115,11 @@ class SweepReport:
     handed_back: list[str] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)
     left_alone: list[str] = field(default_factory=list)  # groups of quarantined batches
+    # `launched` batches whose group is gone, within VANISH_GRACE_SECONDS: batch, group, until
+    waiting: list[dict[str, str]] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    stall: dict[str, Any] | None = None  # the stall alarm (cleanup/alarm.py)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +227,10 @@ class Sweep:
         rec = manifest.current_attempt() or Attempt(attempt=manifest.attempt, group=group)
         if rec not in manifest.attempts:
             manifest.attempts.append(rec)
+        if status.kind == "failed" and status.exit_code is not None and not self.dry_run:
+            told = self.error_report(batch_id, manifest.attempt)
+            if told:
+                status.reason = f"{status.reason}: {told}"
         rec.outcome = status.kind
         rec.exit_code = status.exit_code
         rec.reason = status.reason
@@ -207,15 +244,33 @@ class Sweep:
             rec.logs = f"{LOGS_DIR}/attempt-{manifest.attempt}.log"
 
         succeeded = status.kind == "succeeded"
+        platform = (
+            status.kind == "failed"
+            and status.exit_code in PLATFORM_KILL_EXIT_CODES
+            and manifest.platform_kills < self.s.max_platform_relaunches
+        )
+        counted = manifest.attempt - manifest.platform_kills  # attempts MAX_ATTEMPTS counts
         if succeeded:
             manifest.state, manifest.target = State.FINISHING, "done"
             verdict = f"batch {batch_id} attempt {manifest.attempt} succeeded"
-        elif (
-            manifest.attempt >= self.s.max_attempts
-            or status.exit_code in self.s.no_retry_exit_codes
-        ):
+        elif platform:
+            # ACI killed the container itself (maintenance, a host failure): not the batch's
+            # fault, so the relaunch does not use up one of MAX_ATTEMPTS.
+            manifest.platform_kills += 1
+            rec.outcome = status.kind = "platform-killed"
+            rec.reason = status.reason = (
+                f"killed by the platform (exit {status.exit_code}); relaunched without counting "
+                f"against MAX_ATTEMPTS ({manifest.platform_kills} of "
+                f"{self.s.max_platform_relaunches} such relaunches)"
+            )
+            manifest.state = State.CLAIMED
+            verdict = (
+                f"batch {batch_id} attempt {manifest.attempt} {status.reason}: relaunch as "
+                f"attempt {manifest.attempt + 1}"
+            )
+        elif counted >= self.s.max_attempts or status.exit_code in self.s.no_retry_exit_codes:
             manifest.state, manifest.target = State.FINISHING, "failed"
-            manifest.reason = f"attempt {manifest.attempt}/{self.s.max_attempts}: {status.reason}"
+            manifest.reason = f"attempt {counted}/{self.s.max_attempts}: {status.reason}"
             if status.exit_code in self.s.no_retry_exit_codes:
                 manifest.reason += " (listed in NO_RETRY_EXIT_CODES: not retried)"
             verdict = f"batch {batch_id} failed for good ({manifest.reason})"
@@ -243,6 +298,7 @@ class Sweep:
                 logs = self.clients.hook.logs(group, CONTAINER_NAME)
             except AciError as exc:  # e.g. ContainerLogNotAvailable: the container never started
                 logs = f"(no container logs: {exc.code}: {exc.message})\n"
+            logs = truncation_note(logs) + logs
         if status.kind == "timeout":
             self.clients.hook.stop(group)
         if rec.logs:
@@ -277,6 +333,29 @@ class Sweep:
         if manifest.state is State.FINISHING:
             self.finish(manifest, etag)
 
+    def error_report(self, batch_id: str, attempt: int) -> str | None:
+        """The reason a failed container gave in output/<batch>/_error.json, if it wrote one for
+        this attempt: one bounded GET; absent, unreadable or foreign content is ignored."""
+        name = f"{self.s.output_prefix}{batch_id}/{ERROR_REPORT}"
+        try:
+            data = (
+                self.clients.container.get_blob_client(name)
+                .download_blob(offset=0, length=ERROR_REPORT_MAX_BYTES)
+                .readall()
+            )
+            doc = json.loads(data)
+        except (AzureError, ValueError):
+            return None
+        if not isinstance(doc, dict) or not isinstance(doc.get("reason"), str):
+            return None
+        if doc.get("attempt") is not None and doc.get("attempt") != attempt:
+            return None  # an earlier attempt's report
+        reason = " ".join(doc["reason"].split())
+        if len(reason) > ERROR_REASON_MAX_CHARS:
+            reason = reason[: ERROR_REASON_MAX_CHARS - 1] + "…"
+        return reason or None
+
+    @telemetry.traced_finish
     def finish(self, manifest: Manifest, etag: str) -> None:
         """Move a `finishing` batch to done/ or failed/ (idempotent, resumable).
 
@@ -316,6 +395,7 @@ class Sweep:
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
         manifest.finished_at = iso(self.clients.clock.now())
         store.put_final(manifest, target_prefix)
+        history.record(self.clients, manifest, target_prefix)  # before the delete: see history
         try:
             store.delete(manifest.batch_id, etag)
         except ManifestConflict:
@@ -342,7 +422,18 @@ class Sweep:
         attempt."""
         # Age by storage's clock and the manifest's Last-Modified (its launch write), so a host
         # clock ahead never declares a fresh group vanished.
-        if self.clients.clock.now() - ref.last_modified < timedelta(seconds=VANISH_GRACE_SECONDS):
+        until = ref.last_modified + timedelta(seconds=self.s.vanish_grace_seconds)
+        if self.clients.clock.now() < until:
+            self.report.waiting.append(
+                {"batch": ref.batch_id, "group": ref.group or "", "until": iso(until) or ""}
+            )
+            logger.info(
+                "batch %s: group %s not found; waiting until %s (VANISH_GRACE_SECONDS) before "
+                "counting the attempt as vanished",
+                ref.batch_id,
+                ref.group,
+                iso(until),
+            )
             return
         found = self.clients.store.read(ref.batch_id)
         if found is None or found[0].state is not State.LAUNCHED or not found[0].group:
@@ -469,10 +560,12 @@ class Sweep:
         return self.report
 
 
+@telemetry.traced_sweep
 def sweep(clients: Clients, dry_run: bool = False) -> SweepReport:
     """Run one janitor sweep; see the module docstring."""
     started = time.monotonic()
     report = Sweep(clients, dry_run).run()
+    report.stall = alarm.check_stall(clients)  # every sweep, idle or not: see cleanup/alarm.py
     report.duration_seconds = round(time.monotonic() - started, 3)
     logger.info(
         "janitor%s: %s group(s), %s batch(es): %s finished, %s relaunched, %s failed, "

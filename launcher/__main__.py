@@ -7,7 +7,8 @@ import json
 import logging
 import sys
 
-from config import ConfigError, get_settings
+from config import ConfigError, load_local_settings
+from launcher import telemetry
 from launcher.clients import get_clients
 from launcher.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, explain
 from launcher.poll import poll, recover
@@ -24,14 +25,27 @@ def configure_logging(verbose: bool = False) -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
+def add_settings_option(parser: argparse.ArgumentParser, sub: bool = False) -> None:
+    """`--settings FILE`; on a subcommand too (`sub`), where it must not reset the main one."""
+    parser.add_argument(
+        "--settings",
+        metavar="FILE",
+        default=argparse.SUPPRESS if sub else None,
+        help="read the Values of this local.settings.json under the environment "
+        "(default: ./local.settings.json when it exists; the environment wins)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__)
     parser.add_argument("command", choices=["poll", "recover", "check-config"])
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_settings_option(parser)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    telemetry.setup()
     try:
-        settings = get_settings()
+        settings = load_local_settings(args.settings)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

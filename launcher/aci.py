@@ -45,6 +45,8 @@ TAG_ATTEMPT = "ml-attempt"
 TAG_CREATED = "ml-created"
 TAG_KEPT = "ml-kept"
 TRANSITIONING = "ContainerGroupTransitioning"
+RESOURCE_GROUP_NOT_FOUND = "ResourceGroupNotFound"
+LEASE_LOST = "LeaseLost"  # not an ARM code: the launcher stopped before sending a PUT
 RETRY_ATTEMPTS = 6
 RETRY_MAX_SECONDS = 120.0
 MAX_RETRY_AFTER = 30.0
@@ -60,11 +62,25 @@ class AciError(RuntimeError):
         self.status = status
 
 
+def _retry_after(exc: HttpResponseError) -> float | None:
+    value = getattr(exc.response, "headers", {}).get("Retry-After") if exc.response else None
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
 def _is_transient(exc: BaseException) -> bool:
+    """Worth another try within this call. A 429 whose Retry-After is longer than we would wait
+    (ACI's spent create budget answers minutes) is not: it is recorded on the batch at once and
+    the next tick tries again, instead of blocking this one on pointless retries."""
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
         return True
     if isinstance(exc, HttpResponseError):
-        if exc.status_code in (408, 429, 500, 502, 503, 504):
+        if exc.status_code == 429:
+            wait = _retry_after(exc)
+            return wait is None or wait <= MAX_RETRY_AFTER
+        if exc.status_code in (408, 500, 502, 503, 504):
             return True
         return _error_code(exc) == TRANSITIONING
     return False
@@ -84,13 +100,10 @@ class _Wait:
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, HttpResponseError) and exc.response is not None:
-            value = getattr(exc.response, "headers", {}).get("Retry-After")
-            if value:
-                try:
-                    return min(float(value), MAX_RETRY_AFTER)
-                except ValueError:
-                    pass
+        if isinstance(exc, HttpResponseError):
+            wait = _retry_after(exc)
+            if wait is not None:
+                return min(wait, MAX_RETRY_AFTER)
         return float(self._fallback(state))
 
 
@@ -139,7 +152,10 @@ class AciHook:
             ):
                 with attempt:
                     return fn(*args, **kwargs)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as exc:
+            # A missing resource group is a deployment problem, not "this group is missing".
+            if _error_code(exc) == RESOURCE_GROUP_NOT_FOUND:
+                raise AciError(_error_code(exc), exc.message or str(exc), 404) from exc
             raise
         except HttpResponseError as exc:
             raise AciError(_error_code(exc), exc.message or str(exc), exc.status_code) from exc
@@ -177,10 +193,18 @@ class AciHook:
             )
         return ours
 
-    def create(self, name: str, group: ContainerGroup) -> None:
-        """Send the PUT and return once ARM accepted it (201/200); never polls the LRO."""
+    def create(
+        self, name: str, group: ContainerGroup, guard: Callable[[], bool] | None = None
+    ) -> None:
+        """Send the PUT and return once ARM accepted it (201/200); never polls the LRO.
+
+        `guard` runs before every try (retries included) and must say True: the launcher's
+        proof that it still holds the poll lease, so no PUT leaves once it may not (AciError
+        `LeaseLost` otherwise)."""
 
         def put() -> None:
+            if guard is not None and not guard():
+                raise AciError(LEASE_LOST, "the poll lease is no longer held: PUT not sent")
             self.client.container_groups.begin_create_or_update(self.rg, name, group, polling=False)
 
         try:

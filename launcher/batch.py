@@ -40,6 +40,9 @@ from config import Settings
 from launcher.clock import ServerClock
 
 MANIFEST_NAME = "_batch.json"
+# Blob metadata `cleanup retry` puts on the inputs it restores to incoming/: the failed batch's
+# id, which the claim records as the new manifest's `retry_of`.
+RETRY_OF_METADATA = "mlretryof"
 LOGS_DIR = "_logs"
 RENAMED_DIR = "_renamed"
 RESERVED_TOP = frozenset({MANIFEST_NAME, LOGS_DIR, RENAMED_DIR})
@@ -150,7 +153,11 @@ class Manifest:
     discarded: list[str] = field(default_factory=list)
     # How often recovery took over this claim from a tick that crashed or stalled.
     takeovers: int = 0
+    # Attempts the platform killed (exit 7147/7148): relaunched without counting against
+    # MAX_ATTEMPTS, up to MAX_PLATFORM_RELAUNCHES.
+    platform_kills: int = 0
     retried: dict[str, Any] | None = None  # set by `cleanup retry`: when, and what was restored
+    retry_of: str | None = None  # the failed batch whose inputs `cleanup retry` put back
     rev: str = ""
     version: int = 1
 

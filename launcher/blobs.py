@@ -312,7 +312,9 @@ class Restore(Enum):
     MISSING = "missing"  # the source is gone (restored by an earlier run)
 
 
-def restore_blob(container: ContainerClient, source: str, dest: str) -> Restore:
+def restore_blob(
+    container: ContainerClient, source: str, dest: str, metadata: dict[str, str] | None = None
+) -> Restore:
     """Move an app-owned blob to a place users write to, never over what is there: the copy
     is create-only (If-None-Match: *), so a file a user dropped under the same name wins and
     the source stays. The source is deleted only after its copy landed, and only the version
@@ -329,6 +331,7 @@ def restore_blob(container: ContainerClient, source: str, dest: str) -> Restore:
             source_etag=props.etag,
             source_match_condition=MatchConditions.IfNotModified,
             match_condition=MatchConditions.IfMissing,  # If-None-Match: *
+            metadata=metadata,
         )
     except ResourceExistsError:
         return Restore.EXISTS
@@ -407,6 +410,9 @@ class LeaseLock:
         self._lease: BlobLeaseClient | None = None
         self._stop = threading.Event()
         self._lost = threading.Event()
+        # Monotonic time until which the lease is ours for sure: the send time of the last
+        # acquire or renewal that succeeded, plus the lease duration.
+        self._valid_until = 0.0
         self._thread: threading.Thread | None = None
         self._renewals = 0
         self._renewals_lock = threading.Lock()
@@ -425,7 +431,9 @@ class LeaseLock:
         lease = BlobLeaseClient(blob, lease_id=str(uuid.uuid4()))
         for _ in range(2):
             try:
+                sent = time.monotonic()
                 lease.acquire(lease_duration=self._seconds)
+                self._valid_until = sent + self._seconds
                 break
             except ResourceNotFoundError:
                 with contextlib.suppress(ResourceExistsError):
@@ -468,7 +476,10 @@ class LeaseLock:
         if lease is None or self._stop.is_set() or self._lost.is_set():
             return False
         try:
+            sent = time.monotonic()
             lease.renew()
+            with self._renewals_lock:
+                self._valid_until = max(self._valid_until, sent + self._seconds)
         except Exception as exc:
             if not self._stop.is_set():
                 logger.warning("lease on %s lost: %s", self._blob_name, exc)
@@ -491,6 +502,19 @@ class LeaseLock:
                 took,
                 self._seconds,
             )
+
+    def remaining(self) -> float:
+        """Seconds for which the lease is certainly still ours (0 once it is lost)."""
+        if self._lost.is_set():
+            return 0.0
+        return max(0.0, self._valid_until - time.monotonic())
+
+    def holds_for(self, seconds: float) -> bool:
+        """True if the lease is ours for at least `seconds` more, renewing it now if needed:
+        the guard of a write that must not land after somebody else may hold the lease."""
+        if self.remaining() >= seconds:
+            return True
+        return self._renew() and self.remaining() >= seconds
 
     @property
     def lost(self) -> bool:

@@ -28,6 +28,7 @@ from enum import Enum
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+from launcher import telemetry
 from launcher.batch import (
     FileEntry,
     Manifest,
@@ -322,6 +323,7 @@ def _finish(clients: Clients, manifest: Manifest, etag: str, settled: _Settlemen
     return None
 
 
+@telemetry.traced_claim
 def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     """Claim one planned batch. The caller holds the poll lease."""
     s = clients.settings
@@ -346,6 +348,7 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
         mode=s.batch_mode,
         folder=plan.folder,
         ready_marker=s.batch_ready_marker,
+        retry_of=min((c.retry_of for c in plan.files if c.retry_of), default=None),
     )
     etag = clients.store.create(manifest)
     # The manifest is written; now prove the lease is still ours before touching a file. A poll

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from azure.storage.blob import BlobProperties
 
 from config import Settings
+from launcher.batch import RETRY_OF_METADATA
 
 # Names of blocked files and waiting folders a tick keeps for its report (the counts are whole).
 SAMPLE = 100
@@ -33,6 +34,7 @@ class Candidate:
     etag: str
     size: int
     last_modified: datetime
+    retry_of: str | None = None  # metadata mlretryof: put back by `cleanup retry` of that batch
 
 
 @dataclass
@@ -126,7 +128,14 @@ class Intake:
         if why is not None:
             self.block(blob.name, why)
             return out
-        cand = Candidate(blob.name, relative, str(blob.etag), int(blob.size), blob.last_modified)
+        cand = Candidate(
+            blob.name,
+            relative,
+            str(blob.etag),
+            int(blob.size),
+            blob.last_modified,
+            (blob.metadata or {}).get(RETRY_OF_METADATA),
+        )
         settled = blob.last_modified <= self.settled_before
         if not settled:
             self.unsettled += 1

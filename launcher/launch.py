@@ -26,11 +26,13 @@ from typing import Any
 from azure.mgmt.containerinstance.models import (
     Container,
     ContainerGroup,
+    ContainerGroupDiagnostics,
     ContainerGroupIdentity,
     ContainerGroupSubnetId,
     EnvironmentVariable,
     GpuResource,
     ImageRegistryCredential,
+    LogAnalytics,
     OperatingSystemTypes,
     ResourceRequests,
     ResourceRequirements,
@@ -39,7 +41,9 @@ from azure.mgmt.containerinstance.models import (
 from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
 from config import Settings
+from launcher import telemetry
 from launcher.aci import (
+    LEASE_LOST,
     TAG_ATTEMPT,
     TAG_BATCH,
     TAG_CREATED,
@@ -58,6 +62,7 @@ from launcher.batch import (
     iso,
     parse_iso,
 )
+from launcher.blobs import LeaseLock
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
@@ -192,6 +197,16 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
         group.image_registry_credentials = [cred]
     if s.subnet_id:
         group.subnet_ids = [ContainerGroupSubnetId(id=s.subnet_id)]
+    if s.log_analytics_workspace_id and s.log_analytics_workspace_key:
+        # ACI ships every line of the container's log to the workspace: the complete log,
+        # where the one ACI keeps after the container stopped is its last 16 KB / 1,000 lines.
+        group.diagnostics = ContainerGroupDiagnostics(
+            log_analytics=LogAnalytics(
+                workspace_id=s.log_analytics_workspace_id,
+                workspace_key=s.log_analytics_workspace_key,
+                log_type="ContainerInstanceLogs",
+            )
+        )
     return group
 
 
@@ -205,8 +220,15 @@ class LaunchResult:
     etag: str | None = None
 
 
+@telemetry.traced_launch
 def launch_batch(
-    clients: Clients, manifest: Manifest, etag: str, existing: set[str], confirm: bool = False
+    clients: Clients,
+    manifest: Manifest,
+    etag: str,
+    existing: set[str],
+    *,
+    confirm: bool = False,
+    lease: LeaseLock | None = None,
 ) -> LaunchResult:
     """Launch the next attempt of a `claimed` batch and record it on the manifest.
 
@@ -215,6 +237,11 @@ def launch_batch(
     landed after the list was taken) double-checks with a GET before creating.
     A permanent error is recorded on the manifest (`last_error`) and the batch stays `claimed`,
     so a later tick retries it; nothing is lost.
+
+    `lease` (the poll lease) guards the PUT: it is sent, and retried, only while the lease is
+    ours for at least half its duration more (`LeaseLock.holds_for`), so a launcher that stalled
+    does not deploy after a successor may have acted. A PUT already in flight can still land
+    late; the container's own check (docs/container.md) covers that.
     """
     assert manifest.state is State.CLAIMED, manifest.state
     attempt = manifest.attempt + 1
@@ -232,9 +259,18 @@ def launch_batch(
                 # The spec (SAS validity) is dated from this manifest version: refresh it first
                 # when the batch waited long in `claimed`, e.g. for room to launch.
                 etag = clients.store.update(manifest, etag)
-            clients.hook.create(name, build_group(clients, manifest, attempt))
+            guard = None
+            if lease is not None:
+                margin = clients.settings.lease_seconds / 2
+                guard = lambda: lease.holds_for(margin)  # noqa: E731
+            clients.hook.create(name, build_group(clients, manifest, attempt), guard)
             logger.info("batch %s: created group %s (attempt %s)", manifest.batch_id, name, attempt)
     except (AciError, LaunchError) as exc:
+        if exc.code == LEASE_LOST:
+            logger.warning(
+                "batch %s: poll lease lost: group %s not created", manifest.batch_id, name
+            )
+            return LaunchResult(manifest.batch_id, name, False, etag=etag)
         logger.error("batch %s: launch of attempt %s failed: %s", manifest.batch_id, attempt, exc)
         manifest.last_error = {"code": exc.code, "message": exc.message, "at": iso(now) or ""}
         try:

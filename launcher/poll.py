@@ -44,6 +44,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.core.paging import ItemPaged
 from azure.storage.blob import BlobProperties
 
+from launcher import telemetry
 from launcher.aci import GroupInfo
 from launcher.batch import (
     BatchRef,
@@ -160,7 +161,9 @@ class _Launcher:
             self.report.lease_lost = True
             return None
         try:
-            result = launch_batch(self.clients, manifest, etag, self.existing, confirm=confirm)
+            result = launch_batch(
+                self.clients, manifest, etag, self.existing, confirm=confirm, lease=self.lease
+            )
         except ManifestConflict:
             # Somebody else (a recovery after our lease was lost) moved this batch on.
             self.report.errors.append(f"batch {manifest.batch_id}: manifest changed during launch")
@@ -480,6 +483,7 @@ class _Tick:
         return [e for e in (f.exception() for f in self.futures) if e is not None]
 
 
+@telemetry.traced_tick
 def poll(clients: Clients) -> TickReport:
     """Run one poll tick (see the module docstring)."""
     started = time.monotonic()

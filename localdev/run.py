@@ -5,8 +5,16 @@ Starts Azurite (blob storage, port 10000 so `UseDevelopmentStorage=true` works),
 Functions host (http://localhost:7071) loading function_app.py with local.settings.json (created
 from local.settings.example.json on first run). Ctrl-C stops everything.
 
-`--demo` drives the same stack: drops a sample folder with one unreadable file, waits until every
-batch reaches done/ or failed/, prints a table and exits 0 only if the outcome is the expected one.
+Before starting anything the settings are validated as the app will see them (the file's Values
+under the environment); a problem is printed here and the exit code is 2. `make run` uses the
+fixed ports, so `UseDevelopmentStorage=true` and the command-line tools reach it; its state
+(Azurite's data, logs, the emulator's groups) lives in .localdev/ and survives a restart
+(`make reset` clears it). Ctrl-C stops everything; a second Ctrl-C stops it without waiting.
+
+`--demo` drives its own stack, beside a running `make run` if there is one: free ports, in-memory
+storage, state in .localdev/demo/. It drops sample folders (one with an unreadable file), waits
+until its batches reach done/ or failed/, prints a table and exits 0 only if the outcome is the
+expected one.
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +37,8 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from localdev.azurite import REPO_ROOT, free_port, run_azurite, wait_for_port
+from config import ConfigError, load_settings, load_settings_file
+from localdev.azurite import REPO_ROOT, connection_string, free_port, run_azurite, wait_for_port
 
 STATE = REPO_ROOT / ".localdev"
 SETTINGS = REPO_ROOT / "local.settings.json"
@@ -35,6 +46,11 @@ EXAMPLE = REPO_ROOT / "local.settings.example.json"
 AZURITE_PORT = 10000
 EMULATOR_PORT = 8443
 HOST_PORT = 7071
+
+
+PID_FILE = "run.pid"
+# Set by a second Ctrl-C: stop the children without waiting for them.
+_FORCE = threading.Event()
 
 
 def log(msg: str) -> None:
@@ -45,8 +61,55 @@ def load_values(path: Path) -> dict[str, str]:
     if not path.exists():
         shutil.copyfile(EXAMPLE, path)
         log(f"created {path.name} from {EXAMPLE.name}")
-    values: dict[str, str] = json.loads(path.read_text())["Values"]
-    return values
+    return load_settings_file(path)
+
+
+def app_environment(values: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
+    """What the Functions host hands the app: the file's Values under the environment, under
+    what this script sets (ports, CA)."""
+    return {**values, **os.environ, **overrides}
+
+
+def check_settings(values: dict[str, str], storage_port: int, emulator_port: int) -> None:
+    """Validate the settings before anything starts, with placeholders for what this script
+    sets later (Azurite's connection string, the emulator's URL and CA); raises ConfigError."""
+    env = app_environment(
+        values,
+        {
+            "STORAGE_CONNECTION_STRING": connection_string(storage_port),
+            "ARM_ENDPOINT": f"https://127.0.0.1:{emulator_port}",
+        },
+    )
+    env.pop("ARM_CA_BUNDLE", None)  # written by the emulator when it starts
+    load_settings(env)
+
+
+def port_in_use(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.3):
+        return True
+    return False
+
+
+def run_is_up(state: Path = STATE) -> bool:
+    """Whether a `make run` with this state directory is alive (its pid file names a process)."""
+    try:
+        pid = int((state / PID_FILE).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def log_errors(logfile: Path, offset: int, limit: int = 8) -> list[str]:
+    """The ERROR lines a component logged since `offset`: why it did not start."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    lines = [line for line in text.splitlines() if " ERROR " in line or "Error:" in line]
+    return (lines or text.splitlines())[-limit:]
 
 
 @contextlib.contextmanager
@@ -69,10 +132,12 @@ def process(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while proc.poll() is None and time.monotonic() < deadline and not _FORCE.is_set():
+                time.sleep(0.05)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log(f"{name} stopped")
 
@@ -106,8 +171,10 @@ DEMO_FILES: dict[str, bytes] = {
 
 
 def run_demo(container: ContainerClient, values: dict[str, str], timeout: float) -> int:
+    """Drop the sample folders and judge the batches made of them (and only those)."""
     incoming = values.get("INCOMING_PREFIX", "incoming/")
     marker = values.get("BATCH_READY_MARKER")
+    before = {r["batch"] for r in batches(container, values)}
     for name, data in DEMO_FILES.items():
         container.upload_blob(incoming + name, data, overwrite=True)
         if marker:
@@ -115,13 +182,16 @@ def run_demo(container: ContainerClient, values: dict[str, str], timeout: float)
     log(
         f"dropped {len(DEMO_FILES)} files in 3 folders under {incoming} (bad/ has an unreadable file)"
     )
+    ours = {name.split("/")[0] for name in DEMO_FILES}
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        rows = batches(container, values)
-        left = [
-            n for n in container.list_blobs(name_starts_with=incoming) if not n.name.endswith("/")
+        rows = [
+            r
+            for r in batches(container, values)
+            if r["batch"] not in before and r["folder"] in ours
         ]
+        left = [incoming + n for n in DEMO_FILES if _exists(container, incoming + n)]
         finished = [r for r in rows if r["state"] in ("succeeded", "failed")]
         if not left and rows and len(finished) == len(rows):
             break
@@ -134,6 +204,10 @@ def run_demo(container: ContainerClient, values: dict[str, str], timeout: float)
     ok = ok and any(b.name.endswith("_summary.json") for b in outputs)
     log("demo outcome " + ("as expected" if ok else f"NOT as expected: {by_folder}"))
     return 0 if ok else 1
+
+
+def _exists(container: ContainerClient, name: str) -> bool:
+    return bool(container.get_blob_client(name).exists())
 
 
 def batches(container: ContainerClient, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -169,12 +243,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         print(
             f"{r['batch']:<26} {r['folder']:<10} {r['state']:<10} {r['attempts']:>8} "
-            f"{r['duration_s'] if r['duration_s'] is not None else '-':>10}  {r['reason'][:60]}"
+            f"{r['duration_s'] if r['duration_s'] is not None else '-':>10}  {r['reason']}"
         )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localdev.run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localdev.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--demo", action="store_true", help="drop a sample folder and check the outcome"
     )
@@ -182,35 +260,128 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settings", type=Path, default=SETTINGS, help="local.settings.json to use"
     )
-    parser.add_argument("--state-dir", type=Path, default=STATE, help="logs and emulator state")
     parser.add_argument(
-        "--free-ports", action="store_true", help="pick free ports instead of 10000/8443/7071"
+        "--state-dir",
+        type=Path,
+        help="logs and emulator state (default .localdev, or .localdev/demo for --demo)",
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="pick free ports instead of 10000/8443/7071 (always for --demo)",
     )
     args = parser.parse_args(argv)
-    state: Path = args.state_dir.resolve()
+    stop = {"now": False}
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if stop["now"]:
+            if not _FORCE.is_set():
+                _FORCE.set()
+                log("second Ctrl-C: stopping without waiting")
+            return
+        stop["now"] = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_interrupt)
+    try:
+        return _main(args, stop)
+    except KeyboardInterrupt:
+        log("stopped")
+        return 130
+
+
+def _main(args: argparse.Namespace, stop: dict[str, bool]) -> int:
+    fresh = args.demo and args.state_dir is None
+    state: Path = (args.state_dir or (STATE / "demo" if args.demo else STATE)).resolve()
+    if fresh:
+        shutil.rmtree(state, ignore_errors=True)  # the demo's own state, new every time
     state.mkdir(parents=True, exist_ok=True)
-    values = load_values(args.settings)
+    try:
+        values = load_values(args.settings)
+    except ConfigError as exc:
+        print(f"[run] {exc}", file=sys.stderr, flush=True)
+        return 2
+    free = args.free_ports or args.demo
     ports = (
         (free_port(), free_port(), free_port())
-        if args.free_ports
+        if free
         else (AZURITE_PORT, EMULATOR_PORT, HOST_PORT)
     )
+    try:
+        check_settings(values, ports[0], ports[1])
+    except ConfigError as exc:
+        print(
+            f"[run] {args.settings} (and the environment, which wins) cannot run the app; "
+            f"nothing was started.\n{exc}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    if args.demo and (run_is_up() or port_in_use(HOST_PORT)):
+        log(
+            "`make run` is up: the demo runs beside it on its own ports and its own in-memory "
+            "storage, and leaves its batches alone"
+        )
+    if not free:
+        busy = [p for p in ports if port_in_use(p)]
+        if busy:
+            print(
+                f"[run] port(s) {', '.join(map(str, busy))} in use: is `make run` already up "
+                f"(pid file {state / PID_FILE})? Stop it with Ctrl-C, or run this one on other "
+                "ports: make run RUN_ARGS=--free-ports",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+    pid_file = state / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+    try:
+        return _serve(args, stop, state, values, ports)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"[run] {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
+def _started(name: str, logfile: Path, offset: int, wait: Any) -> None:
+    """Wait for a component; if it stops or hangs, say why with its own error lines."""
+    try:
+        wait()
+    except (RuntimeError, TimeoutError) as exc:
+        why = "\n".join(f"  {line}" for line in log_errors(logfile, offset))
+        raise RuntimeError(f"{name} did not start ({exc}); from {logfile}:\n{why}") from None
+
+
+def _offset(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _serve(
+    args: argparse.Namespace,
+    stop: dict[str, bool],
+    state: Path,
+    values: dict[str, str],
+    ports: tuple[int, int, int],
+) -> int:
     container_name = values["WATCH_CONTAINER"]
     emulator_dir = state / "aci"
     emulator_dir.mkdir(exist_ok=True)
     (emulator_dir / "emulator.json").unlink(missing_ok=True)
-    stop = {"now": False}
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
     with contextlib.ExitStack() as stack:
         azurite = stack.enter_context(
-            run_azurite(ports[0], location=state / "azurite", log_file=state / "azurite.log")
+            run_azurite(
+                ports[0],
+                location=None if args.demo else state / "azurite",
+                log_file=state / "azurite.log",
+            )
         )
         container = prepare_container(azurite.connection_string, container_name)
         log(f"Azurite on {azurite.blob_url}, container '{container_name}' ready")
+        emulator_log = state / "aci-emulator.log"
+        offset = _offset(emulator_log)
         emulator = stack.enter_context(
             process(
                 [
@@ -223,12 +394,20 @@ def main(argv: list[str] | None = None) -> int:
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
+                    # Azure's defaults otherwise; only the app's resource group exists.
+                    "--resource-group",
+                    values.get("ACI_RESOURCE_GROUP", "rg-local"),
                 ],
                 "aci-emulator",
                 state,
             )
         )
-        wait_for_file(emulator_dir / "emulator.json", emulator, 30)
+        _started(
+            "the ACI emulator",
+            emulator_log,
+            offset,
+            lambda: wait_for_file(emulator_dir / "emulator.json", emulator, 30),
+        )
         info = json.loads((emulator_dir / "emulator.json").read_text())
         log(f"ACI emulator on {info['url']}")
         # The host reads the settings file; the environment wins over it, so the ports and the
@@ -241,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ARM_CA_BUNDLE": str(info["ca"]),
             }
         )
+        host_log = state / "functions-host.log"
+        offset = _offset(host_log)
         host = stack.enter_context(
             process(
                 [
@@ -259,10 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 env,
             )
         )
-        wait_for_port(ports[2], 30, host)
-        log(
-            f"Functions host on http://localhost:{ports[2]}/api/ (log: {state / 'functions-host.log'})"
-        )
+        _started("the Functions host", host_log, offset, lambda: wait_for_port(ports[2], 30, host))
+        log(f"Functions host on http://localhost:{ports[2]}/api/ (log: {host_log})")
         if args.demo:
             return run_demo(container, values, args.timeout)
         key = values.get("LOCALDEV_FUNCTION_KEY", "<function key>")
@@ -270,19 +449,25 @@ def main(argv: list[str] | None = None) -> int:
             f"""
 Model Launcher is running. Next:
   drop files:     .venv/bin/python scripts/drop.py path/to/folder   (or any Storage client on Azurite)
-  watch progress: tail -f .localdev/functions-host.log
-  list batches:   curl -s -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/batches
+  list batches:   .venv/bin/python -m cleanup batches
+  a batch's log:  .venv/bin/python -m cleanup logs <batch>
+  watch progress: tail -f {host_log}
+  status API:     curl -s -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/batches
+  status page:    http://localhost:{ports[2]}/api/ops/status?code={key}
   run a poll:     curl -s -X POST -H 'x-functions-key: {key}' http://localhost:{ports[2]}/api/ops/poll
-  run janitor:    curl -s -X POST -H 'x-functions-key: {key}' 'http://localhost:{ports[2]}/api/ops/janitor?dryRun=true'
-Press Ctrl-C to stop everything.
+Press Ctrl-C to stop everything (state is kept; `make reset` clears it).
 """,
             flush=True,
         )
         try:
             while not stop["now"]:
-                for proc, name in ((emulator, "ACI emulator"), (host, "Functions host")):
+                for proc, name, logfile in (
+                    (emulator, "ACI emulator", emulator_log),
+                    (host, "Functions host", host_log),
+                ):
                     if proc.poll() is not None:
-                        log(f"{name} exited with {proc.returncode}; stopping")
+                        why = "\n".join(f"  {line}" for line in log_errors(logfile, 0, 5))
+                        log(f"{name} exited with {proc.returncode}; stopping. {logfile}:\n{why}")
                         return 1
                 time.sleep(0.5)
         except KeyboardInterrupt:

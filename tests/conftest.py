@@ -115,14 +115,11 @@ class Pipeline:
 def pipeline(
     azurite: Azurite, aci_emulator: Emulator, container: ContainerClient
 ) -> Iterator[Pipeline]:
-    aci_emulator.configure(
-        fault_429_rate=0,
-        fault_5xx_rate=0,
-        fault_after_commit_rate=0,
-        fault_drop_rate=0,
-        latency_ms=0,
-        provision_seconds=0,
-        quota=None,
-        retry_after=0.2,
-    )
-    yield Pipeline(azurite, aci_emulator, container)
+    """A test's own container and resource group against an emulator as strict as Azure (its
+    defaults: 2 s provisioning, quotas, create/delete budgets, per-group limits, resource groups
+    that must exist; see docs/emulator.md). Each test starts with no groups and fresh budgets,
+    and only its own resource group exists."""
+    pipeline = Pipeline(azurite, aci_emulator, container)
+    aci_emulator.reset(options=True)
+    aci_emulator.configure(resource_groups=[pipeline.resource_group], retry_after=0.2)
+    yield pipeline

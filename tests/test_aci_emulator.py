@@ -43,7 +43,15 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    with start_emulator(tmp_path_factory.mktemp("aci"), kill_grace_seconds=1) as emu:
+    """Azure's defaults, with two explicit opt-outs for the speed of these unit tests:
+    provisioning takes no time unless a test sets `provision_seconds` (the strict default, 2 s,
+    is tested in test_aci_emulator_strict.py), and every `rg-*` resource group exists."""
+    with start_emulator(
+        tmp_path_factory.mktemp("aci"),
+        kill_grace_seconds=1,
+        provision_seconds=0,
+        resource_groups=["rg-*"],
+    ) as emu:
         yield emu
 
 
@@ -172,7 +180,7 @@ def test_create_polls_to_succeeded_then_runs_to_exit_0(
     state = view.current_state
     assert (state.state, state.exit_code, state.detail_status) == ("Terminated", 0, "Completed")
     assert state.start_time <= state.finish_time
-    assert [e.name for e in view.events][:3] == ["Pulling", "Pulled", "Started"]
+    assert [e.name for e in view.events][:4] == ["Pulling", "Pulled", "Created", "Started"]
     assert client.containers.list_logs(rg, "ok2", "main").content == "hello\n"
     stats = emulator.stats()
     assert stats["requests"]["GET operation"] >= 2  # Pending/Creating seen, then Succeeded
@@ -280,6 +288,7 @@ def test_env_and_secure_values_reach_the_process_but_never_come_back(
 def test_identity_gpu_subnet_registry_and_tags_are_echoed(
     client: ContainerInstanceManagementClient, rg: str
 ) -> None:
+    """(GPU and subnet in two groups: ACI refuses GPU groups in a virtual network.)"""
     uai = f"/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1"
     subnet = f"/subscriptions/{SUB}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworks/v/subnets/s"
     body: Any = group(tags={"managed-by": "model-launcher", "ml-batch": "b1"})
@@ -288,8 +297,11 @@ def test_identity_gpu_subnet_registry_and_tags_are_echoed(
         user_assigned_identities={uai: UserAssignedIdentities()},
     )
     body.containers[0].resources.requests.gpu = GpuResource(count=1, sku="V100")
-    body.subnet_ids = [ContainerGroupSubnetId(id=subnet)]
     client.container_groups.begin_create_or_update(rg, "shapes", body).result()
+    in_vnet: Any = group()
+    in_vnet.subnet_ids = [ContainerGroupSubnetId(id=subnet)]
+    client.container_groups.begin_create_or_update(rg, "vnet", in_vnet).result()
+    assert client.container_groups.get(rg, "vnet").subnet_ids[0].id == subnet
     got: Any = client.container_groups.get(rg, "shapes")
     assert got.tags == {"managed-by": "model-launcher", "ml-batch": "b1"}
     assert got.identity.principal_id and got.identity.tenant_id
@@ -297,7 +309,6 @@ def test_identity_gpu_subnet_registry_and_tags_are_echoed(
     assert ids.principal_id and ids.client_id and ids.principal_id != ids.client_id
     gpu = got.containers[0].resources.requests.gpu
     assert (gpu.count, gpu.sku) == (1, "V100")
-    assert got.subnet_ids[0].id == subnet
     assert (got.os_type, got.restart_policy, got.sku) == ("Linux", "Never", "Standard")
 
 
@@ -355,7 +366,7 @@ def test_stop_kills_the_process_and_start_runs_it_again(
     assert got.provisioning_state == "Succeeded"
     state = got.containers[0].instance_view.current_state
     assert (state.state, state.exit_code) == ("Terminated", 143)  # SIGTERM
-    assert "Killing" not in [e.name for e in got.containers[0].instance_view.events]  # undocumented
+    assert "Killing" in [e.name for e in got.containers[0].instance_view.events]
 
     client.container_groups.begin_start(rg, "stopme").result()
     new_pid = pid_of(emulator, "stopme")
@@ -480,7 +491,7 @@ def test_bad_specs_get_aci_error_codes(client: ContainerInstanceManagementClient
     )
 
 
-def test_quota_counts_groups_in_the_subscription(
+def test_quota_counts_groups_in_the_subscription_and_region(
     emulator: Emulator, client: ContainerInstanceManagementClient, rg: str
 ) -> None:
     emulator.configure(quota=2)
@@ -490,6 +501,10 @@ def test_quota_counts_groups_in_the_subscription(
         client.container_groups.begin_create_or_update(rg, "q3", group(), polling=False)
     assert exc.value.status_code == 400
     assert error_code(exc.value) == "ContainerGroupQuotaReached"
+    assert "'ContainerGroups' exceeded in region 'westeurope'" in str(exc.value.message)
+    elsewhere: Any = group()
+    elsewhere.location = "North Europe"  # another region has its own quota
+    assert status_of_put(client, rg, "q-north", elsewhere) == 201
     assert status_of_put(client, rg, "q1", group()) == 200  # re-PUT of an existing group is fine
     client.container_groups.begin_delete(rg, "q1").result()
     assert status_of_put(client, rg, "q3", group()) == 201
@@ -505,7 +520,10 @@ def test_unknown_image_is_inaccessible_or_fails_to_pull(
     with pytest.raises(ResourceNotFoundError):
         client.container_groups.get(rg, "img")
 
-    emulator.configure(unknown_image="pull-failure")
+    # A short provisioning timeout (Azure's is 30 min; the retries are tested on their own).
+    emulator.configure(
+        unknown_image="pull-failure", provision_timeout_seconds=0.5, restart_backoff_seconds=0.1
+    )
     for name, image in (("img", "nosuch/img:1"), ("img2", "registry.invalid/worker:1")):
         with pytest.raises(HttpResponseError):  # the LRO ends Failed
             client.container_groups.begin_create_or_update(rg, name, group(image=image)).result()

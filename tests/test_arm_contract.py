@@ -41,7 +41,7 @@ SUBNET = (
     "Microsoft.Network/virtualNetworks/v/subnets/aci"
 )
 QUICK = {"ACI_IMAGE": "python:3.11-slim", "ACI_COMMAND": '["python", "-c", "print(42)"]'}
-# Every configuration the app supports that changes the PUT body (README "Configuration").
+# Every configuration the app supports that changes the PUT body (docs/settings.md).
 CONFIGURATIONS: dict[str, dict[str, str]] = {
     "sas-from-account-key": QUICK,
     "managed-identity": {**QUICK, "ACI_IDENTITY_ID": IDENTITY, "ACI_IDENTITY_CLIENT_ID": CLIENT_ID},
@@ -229,7 +229,8 @@ def test_the_emulator_emits_only_documented_states_and_events(
     ok = launch(clients)
     hook.get(ok)  # Pending
     wait_for(hook, ok, "Terminated")
-    emulator.configure(provision_seconds=0)
+    # ACI retries a failing pull until its provisioning timeout (30 minutes): shortened here.
+    emulator.configure(provision_seconds=0, provision_timeout_seconds=2)
     failing = make_clients(
         pipeline, recorder, ACI_IMAGE="python:3.11-slim", ACI_COMMAND='["python", "-c", "exit(3)"]'
     )

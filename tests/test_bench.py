@@ -18,14 +18,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COUNTED = {
     "idle_poll_storage",  # 1: an idle tick is one List Blobs
     "idle_poll_arm",
-    "idle_sweep_arm",  # 2: an idle sweep is one ARM list and at most one List Blobs
+    "idle_sweep_arm",  # 2: an idle sweep is one ARM list and at most two List Blobs
     "idle_sweep_storage",
     "claim_storage_per_file",  # 3: one copy + one delete per file, amortised
     "scale_all_claimed",  # 5: everything waiting is claimed in one tick
     "launch_arm_per_batch",  # 6: list + PUT, no LRO polling
     "sweep_arm_per_group",  # 7: GET + logs + DELETE per finished group, amortised list
     "sweep_storage_per_batch",
-    "backlog_storage_requests",  # 8: a tick's requests grow with what it claims, not what waits
+    "history_small_all_requests",  # 8: a history page is one or two List Blobs ...
+    "history_small_failed_requests",
+    "history_large_all_requests",
+    "history_large_failed_requests",
+    "history_same_cost_all",  # ... whatever the number of finished batches
+    "history_same_cost_failed",
+    "backlog_storage_requests",  # 9: a tick's requests grow with what it claims, not what waits
     "backlog_list_requests",
     "backlog_room0_list_requests",
     "backlog_blocked_in_front",

@@ -18,7 +18,19 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 SEED = 7
-SCENARIOS = ("crash", "race", "faults", "lease", "badinput", "config", "security")
+SCENARIOS = (
+    "crash",
+    "race",
+    "faults",
+    "lease",
+    "stall",
+    "skew",
+    "operator",
+    "refusals",
+    "badinput",
+    "config",
+    "security",
+)
 pytestmark = pytest.mark.timeout(900)
 
 
@@ -66,9 +78,9 @@ def test_nothing_lost_duplicated_or_launched_twice(report: dict[str, Any], index
 
 
 def test_the_scenarios_really_ran(report: dict[str, Any]) -> None:
-    crash, race, faults, lease, badinput, config, security = (
-        row(report, i) for i in range(len(SCENARIOS))
-    )
+    rows = {name: row(report, i) for i, name in enumerate(SCENARIOS)}
+    crash, race, faults, lease = rows["crash"], rows["race"], rows["faults"], rows["lease"]
+    badinput, config, security = rows["badinput"], rows["config"], rows["security"]
     # Most crash points are reached for sure; a few depend on which batches the flaky command
     # fails (it hashes the random batch id) or on whether a poll relaunches a batch before the
     # janitor does, so a trial can end before its request comes (a full run fires 98-99 of 100).
@@ -80,6 +92,25 @@ def test_the_scenarios_really_ran(report: dict[str, Any]) -> None:
     assert race["figures"]["poll_ticks"] > 0 and race["figures"]["sweep_ticks"] > 0
     assert faults["figures"]["storage_faults"] > 0 and faults["finished"] > 0
     assert lease["trials"] >= 2 and lease["finished"] > 0
+    # Every stall was reached, lasted past the lease, and the other poller took the batch over.
+    stall = rows["stall"]["figures"]
+    assert rows["stall"]["trials"] >= 2 and rows["stall"]["finished"] > 0
+    assert stall["stalls"] == stall["takeovers"] == rows["stall"]["trials"], rows["stall"]
+    assert stall["held_requests"] > 0
+    # Skewed clocks: no folder split, every batch succeeded first time, no live claim taken.
+    skew = rows["skew"]["figures"]
+    assert skew["folders"] >= 6 and rows["skew"]["finished"] == skew["folders"], rows["skew"]
+    assert (skew["split_folders"], skew["failed_batches"], skew["recovered"]) == (0, 0, 0)
+    claims = sum(v for k, v in skew.items() if k.startswith("claimed_by_poll"))
+    assert claims == skew["folders"], skew
+    # Three spoiled manifests quarantined and repaired; retries kept the re-dropped files.
+    operator = rows["operator"]["figures"]
+    assert operator["quarantined"] == 3 and operator["checks_ok"] == operator["checks"] >= 8
+    assert operator["retried"] > 0 and operator["restored"] > 0 and operator["kept"] > 0
+    # Refused files were copied once per version (one of them has two), never again.
+    refusals = rows["refusals"]["figures"]
+    assert refusals["refused_files"] > 0 and refusals["refusals"] > 0
+    assert refusals["refused_copies"] == refusals["refused_files"] + 1, refusals
     assert badinput["dropped"] >= 30
     assert config["trials"] > 0 and security["trials"] == 1
     assert report["exit_code"] == 0 and report["ok"], report["output"]
@@ -118,6 +149,16 @@ def test_every_security_and_reliability_check_holds(report: dict[str, Any]) -> N
         "group names are valid ARM names",
         "without a download",
         "a tick that loses its lease stops claiming",
+        "a claimer whose link stalls past its lease never undoes its successor's work",
+        "clocks 10 minutes off never split a folder being uploaded",
+        "clocks 10 minutes off: every batch succeeds at its first attempt",
+        "clocks 10 minutes off never recover a live claim",
+        "operator: spoiled manifests are quarantined and reported by id",
+        "operator: release refuses a batch whose group still exists",
+        "operator: retry never overwrites a file dropped again",
+        "operator: a second retry is a no-op",
+        "refused files stay in incoming/ and are reported blocked",
+        "a refused file is copied once per version",
         "bad configuration never reaches storage or ARM",
     ]
     for needle in expected:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from config import ConfigError, load_settings, ncrontab_problem
+from config import (
+    ConfigError,
+    load_settings,
+    load_settings_file,
+    ncrontab_problem,
+    settings_environment,
+)
 
 SUB = "00000000-0000-0000-0000-000000000001"
 
@@ -180,3 +189,62 @@ def test_no_retry_exit_codes() -> None:
     assert load_settings(base_env(NO_RETRY_EXIT_CODES="1, 2")).no_retry_exit_codes == {1, 2}
     assert "NO_RETRY_EXIT_CODES" in "\n".join(problems(base_env(NO_RETRY_EXIT_CODES="x")))
     assert "cannot be listed" in "\n".join(problems(base_env(NO_RETRY_EXIT_CODES="0")))
+
+
+def test_vanish_grace_is_a_validated_setting() -> None:
+    assert load_settings(base_env()).vanish_grace_seconds == 120
+    assert load_settings(base_env(VANISH_GRACE_SECONDS="600")).vanish_grace_seconds == 600
+    assert any("VANISH_GRACE_SECONDS" in p for p in problems(base_env(VANISH_GRACE_SECONDS="-1")))
+    assert any("VANISH_GRACE_SECONDS" in p for p in problems(base_env(VANISH_GRACE_SECONDS="x")))
+
+
+def test_settings_file_values_sit_under_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"IsEncrypted": False, "Values": {**base_env(), "MAX_ATTEMPTS": 5}}))
+    env = settings_environment(path, {"WATCH_CONTAINER": "fromenv"})
+    assert env["ACI_IMAGE"] == "modellauncher/worker:latest" and env["MAX_ATTEMPTS"] == "5"
+    assert env["WATCH_CONTAINER"] == "fromenv"  # the environment wins, as in the host
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_settings_file(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings_file(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        ({"ACI_CPU": "8"}, "ACI_CPU=8 exceeds ACI's maximum of 4 CPU cores per standard"),
+        ({"ACI_MEMORY_GB": "32"}, "ACI_MEMORY_GB=32 exceeds ACI's maximum of 16 GB"),
+        (
+            {"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "2", "ACI_CPU": "16"},
+            "maximum of 12 CPU cores per 2 x V100 group",
+        ),
+        ({"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "3"}, "ACI_GPU_COUNT=3: ACI offers V100"),
+        (
+            {
+                "ACI_GPU_SKU": "V100",
+                "ACI_SUBNET_ID": "/subscriptions/s/resourceGroups/r/providers/"
+                "Microsoft.Network/virtualNetworks/v/subnets/aci",
+            },
+            "does not support GPU resources in a virtual network",
+        ),
+        ({"ACI_GPU_SKU": "K80"}, "ACI_GPU_SKU='K80' must be one of: V100"),
+        ({"ACI_LOG_ANALYTICS_WORKSPACE_KEY": "k"}, "go together"),
+    ],
+)
+def test_a_group_aci_can_never_deploy_is_refused_at_start(
+    overrides: dict[str, str], named: str
+) -> None:
+    env = base_env(**overrides)
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert any(named in p for p in info.value.problems), info.value.problems
+
+
+def test_the_largest_documented_groups_are_accepted() -> None:
+    for overrides in (
+        {"ACI_CPU": "4", "ACI_MEMORY_GB": "16"},
+        {"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "4", "ACI_CPU": "24", "ACI_MEMORY_GB": "448"},
+    ):
+        load_settings(base_env(**overrides))

@@ -52,14 +52,46 @@ def test_every_http_function_needs_a_key_and_avoids_reserved_routes() -> None:
         trigger = fn.get_trigger()
         if trigger.get_binding_name() == "httpTrigger":
             routes[fn.get_function_name()] = trigger.route
-            assert trigger.auth_level in (func.AuthLevel.FUNCTION, func.AuthLevel.ADMIN)
+            if fn.get_function_name() == "ops_status_assets":
+                # The page's script and stylesheet: a <script src> cannot send a key header.
+                assert trigger.auth_level == func.AuthLevel.ANONYMOUS
+            else:
+                assert trigger.auth_level in (func.AuthLevel.FUNCTION, func.AuthLevel.ADMIN)
             assert not trigger.route.lower().startswith("admin")
             assert not fn.get_function_name().lower().startswith("admin")
     assert routes == {
         "ops_janitor": "ops/janitor",
         "ops_poll": "ops/poll",
         "ops_batches": "ops/batches",
+        "ops_batch": "ops/batches/{batch}",
+        "ops_batch_log": "ops/batches/{batch}/logs/{attempt}",
+        "ops_batch_retry": "ops/batches/{batch}/retry",
+        "ops_now": "ops/now",
+        "ops_status": "ops/status",
+        "ops_status_assets": "ops/status/assets/{name}",
     }
+
+
+def test_the_anonymous_route_serves_only_the_page_assets() -> None:
+    fn = FUNCTIONS["ops_status_assets"].get_user_function()
+    for name, status, kind in (
+        ("status.js", 200, "text/javascript"),
+        ("status.css", 200, "text/css"),
+        ("status.html", 404, None),  # the page itself needs the key (route ops/status)
+        ("../status.py", 404, None),
+        ("__init__.py", 404, None),
+    ):
+        req = func.HttpRequest(
+            method="GET",
+            url=f"http://localhost/api/ops/status/assets/{name}",
+            body=b"",
+            route_params={"name": name},
+        )
+        resp = fn(req)
+        assert resp.status_code == status, name
+        if kind:
+            assert resp.mimetype == kind
+            assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
 
 
 def test_poll_then_janitor_then_list(app_env: Pipeline) -> None:
@@ -69,9 +101,10 @@ def test_poll_then_janitor_then_list(app_env: Pipeline) -> None:
     status, body = call("ops_janitor", "POST", "ops/janitor", {"dryRun": "true"})
     assert status == 200 and body["dry_run"] is True
     status, body = call("ops_batches", "GET", "ops/batches")
-    assert status == 200 and body["count"] == 1
+    assert status == 200 and body["count"] == 1 and body["continuationToken"] is None
     row = body["batches"][0]
     assert row["state"] in ("launched",) and row["attempt"] == 1 and row["group"]
+    assert row["label"] == "a.txt" and row["files"] == 1 and row["bytes"] == 4
     status, body = call("ops_batches", "GET", "ops/batches", {"state": "succeeded"})
     assert status == 200 and body["count"] == 0
 
@@ -85,6 +118,7 @@ def test_poll_then_janitor_then_list(app_env: Pipeline) -> None:
         ("ops_batches", "GET", "ops/batches", {"state": "bogus"}, "state must be one of"),
         ("ops_batches", "GET", "ops/batches", {"limit": "zero"}, "limit must be an integer"),
         ("ops_batches", "GET", "ops/batches", {"limit": "0"}, "between 1 and"),
+        ("ops_batches", "GET", "ops/batches", {"continuationToken": "x"}, "token is not valid"),
     ],
 )
 def test_bad_parameters_get_a_clear_400(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -17,7 +18,6 @@ from azure.mgmt.containerinstance.models import (
     ResourceRequirements,
 )
 
-import cleanup.sweep as sweep_module
 from cleanup.sweep import SweepReport, sweep
 from launcher.clients import Clients
 from launcher.poll import poll
@@ -54,6 +54,14 @@ def sweep_until(
             return reports
         time.sleep(0.3)
     raise TimeoutError(f"condition not reached; last report {reports[-1] if reports else None}")
+
+
+def wait_provisioned(p: Pipeline, name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while p.get_group(name).provisioning_state in ("Pending", "Creating"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} still provisioning")
+        time.sleep(0.2)
 
 
 def only_batch(p: Pipeline) -> str:
@@ -147,6 +155,9 @@ def test_timeout_stops_the_group_and_counts_as_a_failed_attempt(pipeline: Pipeli
 
 
 def test_failed_provisioning_is_a_failed_attempt(pipeline: Pipeline) -> None:
+    # ACI retries a failing pull until its provisioning timeout (30 min) before provisioning
+    # turns Failed; 3 s here.
+    pipeline.emulator.configure(provision_timeout_seconds=3)
     drop(pipeline.container, ["incoming/a.txt"])
     clients = pipeline.clients(ACI_IMAGE="registry.invalid/nope:1", MAX_ATTEMPTS="1")
     poll(clients)
@@ -157,13 +168,13 @@ def test_failed_provisioning_is_a_failed_attempt(pipeline: Pipeline) -> None:
     assert m["reason"] and "pull" in m["reason"].lower()
 
 
-def test_vanished_group_is_relaunched(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sweep_module, "VANISH_GRACE_SECONDS", 0)
+def test_vanished_group_is_relaunched(pipeline: Pipeline) -> None:
     drop(pipeline.container, ["incoming/a.txt"])
-    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3")
+    clients = pipeline.clients(**QUICK, MAX_ATTEMPTS="3", VANISH_GRACE_SECONDS="0")
     poll(clients)
     batch = only_batch(pipeline)
     [group] = pipeline.groups()
+    wait_provisioned(pipeline, str(group.name))  # ACI refuses to delete a group being created
     pipeline.arm().container_groups.begin_delete(pipeline.resource_group, group.name).result()
     sweep_until(clients, lambda: manifest_of(pipeline, batch)[0] == "done/")
     _, m = manifest_of(pipeline, batch)
@@ -261,8 +272,36 @@ def test_idle_sweep_is_one_arm_list(pipeline: Pipeline) -> None:
     arm = CountingPolicy()
     clients = pipeline.clients(storage, arm_policies=(arm,))
     report = sweep(clients)
-    assert report.idle
-    assert storage.total == 1 and arm.total == 1
+    assert report.idle and report.stall is not None and not report.stall["stalled"]
+    # processing/ for the sweep, incoming/ for the stall alarm (cleanup/alarm.py)
+    assert storage.counts == {"list": 2} and arm.total == 1
+
+
+def test_stall_alarm_logs_an_error_naming_how_many_and_how_old(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    drop(pipeline.container, ["incoming/late-1.txt", "incoming/late-2.txt"])
+    # Settled and claimable, but nobody polls: with a threshold of 0.1 minutes, wait 6 s.
+    clients = pipeline.clients(STALL_ALARM_MINUTES="0.1")
+    quiet = sweep(clients)
+    assert quiet.stall is not None and not quiet.stall["stalled"]
+    deadline = time.monotonic() + 60
+    report = quiet
+    while time.monotonic() < deadline:
+        with caplog.at_level(logging.ERROR, logger="cleanup.alarm"):
+            report = sweep(clients)
+        if report.stall and report.stall["stalled"]:
+            break
+        time.sleep(0.5)
+    assert report.stall is not None and report.stall["stalled"] and report.stall["files"] == 2
+    assert report.stall["oldest_seconds"] > 6
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("stall alarm: 2 claimable file(s)" in e for e in errors), errors
+    # Claimed, the files no longer count.
+    poll(clients)
+    after = sweep(clients).stall
+    assert after is not None and not after["stalled"] and after["files"] == 0
+    assert after["waiting_files"] == 0 and report.stall["waiting_files"] == 2
 
 
 def test_no_retry_exit_codes_fail_at_once(pipeline: Pipeline) -> None:
@@ -317,3 +356,19 @@ def test_retry_puts_a_failed_batch_back_into_incoming(pipeline: Pipeline) -> Non
     assert manifest_of(pipeline, batch)[1]["retried"] == m["retried"]
     poll(clients)
     assert len({n.split("/")[1] for n in all_names(pipeline.container, "processing/")}) == 1
+
+
+def test_a_vanished_group_waits_out_its_grace_and_says_until_when(pipeline: Pipeline) -> None:
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(**QUICK, VANISH_GRACE_SECONDS="3600")
+    poll(clients)
+    batch = only_batch(pipeline)
+    [group] = pipeline.groups()
+    wait_provisioned(pipeline, str(group.name))  # ACI refuses to delete a group being created
+    pipeline.arm().container_groups.begin_delete(pipeline.resource_group, group.name).result()
+    report = sweep(clients)
+    [waiting] = report.waiting
+    assert waiting["batch"] == batch and waiting["group"] == group.name
+    assert waiting["until"] > manifest_of(pipeline, batch)[1]["launched_at"]
+    _, m = manifest_of(pipeline, batch)
+    assert m["state"] == "launched" and m["attempts"][-1]["outcome"] is None

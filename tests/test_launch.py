@@ -67,8 +67,6 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
         ACI_COMMAND=PRINT_ENV,
         ACI_CPU="2",
         ACI_MEMORY_GB="3.5",
-        ACI_GPU_SKU="V100",
-        ACI_GPU_COUNT="1",
         ACI_ENV_MODEL="small",
         ACI_SECURE_ENV_TOKEN="top-secret-value",
         ACI_IDENTITY_ID=IDENTITY,
@@ -90,7 +88,7 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
     assert group.image_registry_credentials[0].server == "myregistry.azurecr.io"
     container = group.containers[0]
     res = container.resources.requests
-    assert (res.cpu, res.memory_in_gb, res.gpu.sku, res.gpu.count) == (2.0, 3.5, "V100", 1)
+    assert (res.cpu, res.memory_in_gb, res.gpu) == (2.0, 3.5, None)
     env = {e.name: e for e in container.environment_variables}
     assert env["MODEL"].value == "small"
     assert env["ML_BATCH_ID"].value == batch["batch_id"]
@@ -108,6 +106,22 @@ def test_a_batch_becomes_exactly_one_group_with_the_right_spec(pipeline: Pipelin
     )
     assert f"('ML_BATCH_ID', {len(batch['batch_id'])})" in logs
     assert "('TOKEN', 16)" in logs
+
+
+def test_a_gpu_group_is_launched_but_not_in_a_virtual_network(pipeline: Pipeline) -> None:
+    """ACI has no GPU groups in a virtual network ("Resource availability & quota limits for
+    ACI"): the launch is refused and the refusal recorded on the batch."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    gpu = {"ACI_IMAGE": "python:3.11", "ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "1"}
+    poll(pipeline.clients(ACI_SUBNET_ID=SUBNET, **gpu))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and m["last_error"]["code"] == "ServiceUnavailable"
+    assert pipeline.groups() == []
+    recover(pipeline.clients(**gpu))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "launched"
+    res = pipeline.get_group(m["group"]).containers[0].resources.requests
+    assert (res.gpu.sku, res.gpu.count) == ("V100", 1)
 
 
 def test_without_identity_the_container_gets_a_scoped_sas_as_a_secure_value(
@@ -308,10 +322,87 @@ def test_a_batch_that_waited_in_claimed_is_refreshed_before_its_launch(
     etag = store.create(m)
     m.updated = old  # as read back from a batch that waited three hours
     sent = []
-    monkeypatch.setattr(clients.hook, "create", lambda name, group: sent.append(group))
+    monkeypatch.setattr(clients.hook, "create", lambda name, group, guard=None: sent.append(group))
     result = launch_batch(clients, m, etag, set())
     assert result.launched and len(sent) == 1
     start = parse_iso(
         dict(p.split("=", 1) for p in _sas_of(sent[0]).split("&"))["st"].replace("%3A", ":")
     )
-    assert start is not None and start > utcnow() - timedelta(minutes=10)
+    assert start is not None and start > utcnow() - timedelta(minutes=20)  # 15 min of skew room
+
+
+def test_no_put_leaves_once_the_poll_lease_may_be_someone_elses(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A launcher that stalled past its lease, which a successor then took, sends no PUT: the
+    batch stays `claimed` for the new holder, with no error recorded."""
+    from azure.storage.blob import BlobLeaseClient
+
+    from launcher.batch import ManifestStore, iso, new_batch_id, utcnow
+    from launcher.blobs import LeaseLock
+    from launcher.launch import launch_batch
+
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    now = iso(utcnow()) or ""
+    m = Manifest(batch_id=new_batch_id(), state=State.CLAIMED, created=now, updated=now)
+    store: ManifestStore = clients.store
+    etag = store.create(m)
+    lease = LeaseLock(clients.container, clients.settings.poll_lock_blob, 15)
+    assert lease.try_acquire()
+    try:
+        lock = clients.container.get_blob_client(clients.settings.poll_lock_blob)
+        BlobLeaseClient(lock).break_lease(0)
+        BlobLeaseClient(lock).acquire(15)  # the successor
+        # The stall: by the launcher's own clock, its last renewal is a lease duration ago.
+        real = time.monotonic
+        monkeypatch.setattr(time, "monotonic", lambda: real() + 15)
+        result = launch_batch(clients, m, etag, set(), lease=lease)
+        monkeypatch.setattr(time, "monotonic", real)
+    finally:
+        lease.release()
+    assert not result.launched and result.error is None
+    assert pipeline.groups() == []
+    found = store.read(m.batch_id)
+    assert found is not None and found[0].state is State.CLAIMED and found[0].last_error is None
+
+
+def _tick_refused(pipeline: Pipeline, code: str) -> None:
+    """The tick fails at its first ARM call with an AciError naming Azure's code, before it
+    claims anything: the files stay in incoming/ for the tick after the fix."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]')
+    with pytest.raises(AciError) as info:
+        poll(clients)
+    assert info.value.code == code
+    names = [b.name for b in pipeline.container.list_blobs()]
+    assert [n for n in names if n != "locks/poll"] == ["incoming/a.txt"]
+
+
+def test_a_missing_role_assignment_fails_the_tick_before_anything_is_claimed(
+    pipeline: Pipeline,
+) -> None:
+    """Azure answers 403 `AuthorizationFailed` when the app's identity has no role there."""
+    pipeline.emulator.configure(authorization_failed=True)
+    _tick_refused(pipeline, "AuthorizationFailed")
+
+
+def test_a_missing_resource_group_fails_the_tick_before_anything_is_claimed(
+    pipeline: Pipeline,
+) -> None:
+    """Azure answers 404 `ResourceGroupNotFound` for a resource group that does not exist."""
+    pipeline.emulator.configure(resource_groups=[])
+    _tick_refused(pipeline, "ResourceGroupNotFound")
+
+
+def test_a_spent_create_budget_is_recorded_without_pointless_retries(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spent create budget (429, Retry-After of minutes) is recorded on the batch with one
+    PUT; the next tick tries again."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    pipeline.emulator.configure(creates_per_5_minutes=0)
+    pipeline.emulator.reset_stats()
+    poll(pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND='["python", "-c", "pass"]'))
+    [m] = manifests(pipeline).values()
+    assert m["state"] == "claimed" and m["last_error"]["code"] == "ResourceRequestsThrottled"
+    assert pipeline.emulator.stats()["requests"]["PUT container_group"] == 1

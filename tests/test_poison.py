@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cleanup.admin import batch_summaries
+from cleanup.history import list_page
 from cleanup.sweep import sweep
 from launcher.poll import poll
 from localdev.proxy import Proxy, Refusal
@@ -53,7 +53,7 @@ def test_a_truncated_manifest_is_quarantined_and_new_files_still_flow(
     assert [q["batch"] for q in swept.quarantined] == [bad]
     # Its input is kept where it was, and the status API names it.
     assert f"processing/{bad}/first.txt" in all_names(pipeline.container, f"processing/{bad}/")
-    rows = {r["batch"]: r for r in batch_summaries(pipeline.clients(), None, 10)}
+    rows = {r["batch"]: r for r in list_page(pipeline.clients(), None, 10).batches}
     assert rows[bad]["state"] == "quarantined"
 
 

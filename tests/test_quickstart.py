@@ -36,6 +36,8 @@ def test_make_demo_exits_0_with_its_table(tmp_path: Path) -> None:
         ["bad", "failed"],
         ["good", "succeeded"],
     ]
+    # The failed batch names its file (the worker's _error.json, read by the janitor).
+    assert "input bad/broken.csv is unreadable" in next(line for line in table if " bad " in line)
 
 
 def test_make_run_serves_the_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

@@ -328,14 +328,18 @@ def test_missing_input_blob_fails_with_exit_2(batch: Batch, azurite: Azurite, sa
     assert [e["name"] for e in errors] == ["gone/missing.txt"]
 
 
-def test_missing_manifest_is_a_configuration_error(
+def test_a_missing_manifest_means_the_batch_moved_on_and_nothing_is_written(
     batch: Batch, azurite: Azurite, sas: str
 ) -> None:
+    """A group deployed again by a late PUT after its batch finished (and left processing/)
+    must not touch the finished batch's outputs."""
+    batch.container.upload_blob(batch.output + "_summary.json", b'{"exit_code": 0}')
     run = run_worker(contract(azurite, batch, sas))
 
-    assert run.code == 1, run.out
-    assert f"manifest {batch.manifest} not found (404)" in run.out
-    assert batch.summary()["exit_code"] == 1
+    assert run.code == 5, run.out
+    assert f"manifest {batch.manifest} not found" in run.out and "moved on" in run.out
+    assert batch.summary() == {"exit_code": 0}  # the real run's summary is untouched
+    assert not batch.exists(batch.output + "_error.json")
 
 
 @pytest.mark.parametrize("missing", REQUIRED_VARS)
@@ -457,3 +461,51 @@ def test_json_validator_agrees_with_json_loads_at_every_split(doc: str) -> None:
     outcomes = {validate(chunk) for chunk in range(1, len(doc) + 2)}
     assert len(outcomes) == 1, f"chunking changed the verdict: {outcomes}"
     assert (outcomes.pop() is None) == reference_ok
+
+
+def test_an_attempt_that_is_not_current_does_nothing(
+    batch: Batch, azurite: Azurite, sas: str
+) -> None:
+    """A late PUT (of a launcher that stalled past its lease) deploys the group again after the
+    janitor moved the batch on: the container must not run the batch a second time."""
+    entry = batch.add("a.txt", b"hello")
+    batch.write_manifest([entry], state="claimed", attempt=1)  # waiting for attempt 2
+    run = run_worker(contract(azurite, batch, sas))
+    assert run.code == 5, run.out
+    assert "not run" in run.out
+    assert not batch.exists(batch.output + "_summary.json")
+    assert not batch.exists(batch.prefix + "_logs/attempt-1.started")
+
+
+def test_a_second_start_of_one_attempt_repeats_its_exit_code_without_work(
+    batch: Batch, azurite: Azurite, sas: str
+) -> None:
+    """ACI runs a terminated group again when a PUT for it arrives late; the second start
+    finds the attempt's start marker, does nothing and repeats the first run's exit code, so
+    the janitor records the outcome of the run that did the work."""
+    bad = batch.add("bad.json", b"{not json")
+    batch.write_manifest([bad])
+    first = run_worker(contract(azurite, batch, sas))
+    assert first.code == 2, first.out
+    summary = batch.read(batch.output + "_summary.json")
+    batch.container.delete_blob(batch.output + "_summary.json")
+    second = run_worker(contract(azurite, batch, sas))
+    assert second.code == 2, second.out
+    assert "already started once" in second.out
+    assert not batch.exists(batch.output + "_summary.json")  # no work the second time
+    assert summary["exit_code"] == 2
+
+
+def test_the_worker_saves_its_complete_log_next_to_the_batch(
+    batch: Batch, azurite: Azurite, sas: str
+) -> None:
+    """ACI keeps only the tail of a stopped container's log; the worker's own copy is whole."""
+    entries = [batch.add(f"f{i:04d}.txt", b"x\n") for i in range(1200)]
+    batch.write_manifest(entries)
+    run = run_worker(contract(azurite, batch, sas))
+    assert run.code == 0, run.out[-2000:]
+    log = batch.container.download_blob(batch.prefix + "_logs/attempt-1.worker.log").readall()
+    text = log.decode()
+    assert "worker" in text.splitlines()[0] and "starting" in text.splitlines()[0]
+    assert "succeeded" in text.splitlines()[-1]
+    assert_no_secret(Run(0, text), sas)

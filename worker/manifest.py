@@ -41,6 +41,8 @@ class Manifest:
     batch_id: str | None
     files: list[InputFile]
     ready_marker: str | None
+    state: str | None = None
+    attempt: int | None = None
 
     def is_marker(self, f: InputFile) -> bool:
         """A ready marker (`_READY` or `.../_READY`) only signals a complete folder: not an input."""
@@ -89,8 +91,11 @@ def parse_manifest(data: bytes, expected_batch_id: str) -> Manifest:
             )
         )
     marker = raw.get("ready_marker")
+    state, attempt = raw.get("state"), raw.get("attempt")
     return Manifest(
         batch_id=batch_id if isinstance(batch_id, str) else None,
         files=entries,
         ready_marker=marker if isinstance(marker, str) and marker else None,
+        state=state if isinstance(state, str) else None,
+        attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
     )

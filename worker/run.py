@@ -6,8 +6,12 @@ Exit codes (the janitor records them on the batch):
   2  at least one input is unreadable (missing blob, invalid UTF-8 in a text type, invalid JSON)
   3  storage error (authorization, network, throttling after retries): a relaunch may succeed
   4  unexpected internal error (a bug)
+  5  not run: this attempt is not the batch's current one, or it already started once (a late
+     or repeated deployment of the same container group); nothing was read or written
 The summary is written for codes 1 (once the environment is valid), 2 and 3 whenever storage
-allows it, so every failure can be inspected under the output prefix.
+allows it, so every failure can be inspected under the output prefix. A failure also writes
+`_error.json` there (the contract the janitor reads to name a failed batch's cause; see
+ERROR_NAME and worker/README.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
@@ -46,11 +52,16 @@ EXIT_CONFIG = 1
 EXIT_UNREADABLE = 2
 EXIT_STORAGE = 3
 EXIT_INTERNAL = 4
+EXIT_NOT_CURRENT = 5
 
 MAX_BLOB_NAME = 1024
 CHUNK_SIZE = 4 * 1024 * 1024  # per-request download size: bounds memory per concurrent input
 PROGRESS_EVERY = 256 * 1024 * 1024
 SUMMARY_NAME = "_summary.json"
+# The failure report the janitor reads into the batch's reason: {"version", "attempt",
+# "exit_code", "reason", "files": [{"name", "error"}]}; kept small (the janitor reads 64 KiB).
+ERROR_NAME = "_error.json"
+MAX_ERROR_FILES = 20
 RESULTS_DIR = "_results"
 JSON_CONTENT = ContentSettings(content_type="application/json; charset=utf-8")
 
@@ -90,14 +101,25 @@ def sas_secrets(sas: str | None) -> list[str]:
     return secrets
 
 
+# The worker's own copy of its log (a temporary file), uploaded next to the batch at the end:
+# ACI keeps only the last 16 KB / 1,000 lines of a stopped container's log, which is what the
+# janitor saves.
+full_log_path: str | None = None
+
+
 def setup_logging(secrets: list[str]) -> None:
     # Container logs are read as UTF-8; user file names must survive whatever the locale is.
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(RedactingFormatter(secrets))
+    global full_log_path  # one per process, like the root logger
+    fd, full_log_path = tempfile.mkstemp(prefix="worker-", suffix=".log")
+    os.close(fd)
+    full = logging.FileHandler(full_log_path, encoding="utf-8", errors="backslashreplace")
+    full.setFormatter(RedactingFormatter(secrets))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, full]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)  # SDK warnings go through the redacting handler too
     # The SDK's per-request logging is noise in container logs; its warnings still show.
@@ -158,6 +180,8 @@ class BatchRun:
         self.s = settings
         self.started = utcnow()
         self.credential: Any = None
+        self.skipped = False  # not the current attempt, or a repeated start: nothing done
+        self.first_exit: int | None = None  # a repeated start's first run's exit code
 
     def client(self) -> BlobServiceClient:
         """SAS when the launcher passed one, else the container's managed identity."""
@@ -191,7 +215,11 @@ class BatchRun:
         service = self.client()
         try:
             container = service.get_container_client(s.container)
-            return self._run(container)
+            code = self._run(container)
+            if not self.skipped:
+                self._record_exit(container, code)
+                self._upload_full_log(container)
+            return code
         finally:
             service.close()
             if self.credential is not None:
@@ -203,7 +231,19 @@ class BatchRun:
             data = container.get_blob_client(s.manifest).download_blob().readall()
             manifest = parse_manifest(data, s.batch_id)
         except ResourceNotFoundError:
-            return self._abort(container, EXIT_CONFIG, f"manifest {s.manifest} not found (404)")
+            # The batch left processing/ (finished, or released): this is a late or repeated
+            # deployment of a group whose work is done. Nothing is read or written, so the
+            # finished batch's outputs stay as they are (see `_not_current`).
+            self.skipped = True
+            logger.warning(
+                "batch %s attempt %d: not run: manifest %s not found: the batch has moved on "
+                "(exit %d)",
+                s.batch_id,
+                s.attempt,
+                s.manifest,
+                EXIT_NOT_CURRENT,
+            )
+            return EXIT_NOT_CURRENT
         except ManifestError as exc:
             return self._abort(container, EXIT_CONFIG, f"manifest {s.manifest} is unusable: {exc}")
         except AzureError as exc:
@@ -213,6 +253,26 @@ class BatchRun:
                 f"cannot read manifest {s.manifest}: {storage_error_text(exc)}",
             )
 
+        try:
+            stale = self._not_current(container, manifest)
+        except AzureError as exc:
+            return self._abort(
+                container,
+                EXIT_STORAGE,
+                f"cannot record the attempt's start: {storage_error_text(exc)}",
+            )
+        if stale:
+            self.skipped = True
+            code = EXIT_NOT_CURRENT if self.first_exit is None else self.first_exit
+            logger.warning(
+                "batch %s attempt %d: not run: %s (exit %d%s)",
+                s.batch_id,
+                s.attempt,
+                stale,
+                code,
+                "" if self.first_exit is None else ", the first run's exit code",
+            )
+            return code
         inputs, markers, duplicates = self._plan(manifest)
         logger.info(
             "batch %s attempt %d: %d inputs (%d ready markers skipped)",
@@ -233,6 +293,16 @@ class BatchRun:
         )
         if not self._upload(container, s.output_prefix + SUMMARY_NAME, summary, "summary"):
             code = EXIT_STORAGE
+        if code != EXIT_OK:
+            failed = storage + unreadable
+            if failed:
+                what = "unreadable" if failed[0].kind == "unreadable" else "not readable (storage)"
+                reason = f"input {failed[0].entry.name} is {what}: {failed[0].error}"
+            else:
+                reason = f"cannot write {s.output_prefix}{SUMMARY_NAME}"
+            if len(failed) > 1:
+                reason += f" (and {len(failed) - 1} more input(s))"
+            self._report_error(container, code, reason, failed)
         totals = summary["totals"]
         if code == EXIT_OK:
             logger.info(
@@ -257,6 +327,61 @@ class BatchRun:
                 code,
             )
         return code
+
+    def _not_current(self, container: ContainerClient, manifest: Manifest) -> str | None:
+        """The exactly-once contract of a container (docs/container.md): run
+        only if this is the batch's current attempt, and only once. ACI runs a group again when
+        a PUT for it arrives after it terminated (it is deployed as new) and restarts it when a
+        PUT changes it; a launcher that stalled past its lease may send such a late PUT. So the
+        worker checks the manifest (state `launched`, attempt = ML_ATTEMPT) and then claims the
+        attempt with a create-only marker blob next to the batch; a second start of the same
+        attempt finds the marker and does nothing. Returns why not to run, or None."""
+        s = self.s
+        if manifest.state is not None and (
+            manifest.state != "launched" or manifest.attempt != s.attempt
+        ):
+            return (
+                f"the batch is {manifest.state}, attempt {manifest.attempt}; "
+                f"this is attempt {s.attempt}"
+            )
+        marker = f"{s.batch_prefix}_logs/attempt-{s.attempt}.started"
+        try:
+            container.upload_blob(marker, iso(utcnow()).encode(), overwrite=False)
+        except ResourceExistsError:
+            self.first_exit = self._first_exit(container)
+            return f"attempt {s.attempt} already started once ({marker} exists)"
+        return None
+
+    def _exit_marker(self) -> str:
+        return f"{self.s.batch_prefix}_logs/attempt-{self.s.attempt}.exit"
+
+    def _record_exit(self, container: ContainerClient, code: int) -> None:
+        """Best effort: a repeated start of this attempt repeats this exit code (see
+        `_not_current`), so the janitor records the outcome of the run that did the work."""
+        try:
+            container.upload_blob(self._exit_marker(), str(code).encode(), overwrite=True)
+        except AzureError as exc:
+            logger.warning("could not record the exit code: %s", storage_error_text(exc))
+
+    def _upload_full_log(self, container: ContainerClient) -> None:
+        """Best effort: the complete log of this attempt as `_logs/attempt-<n>.worker.log`."""
+        name = f"{self.s.batch_prefix}_logs/attempt-{self.s.attempt}.worker.log"
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        if full_log_path is None:
+            return
+        try:
+            with open(full_log_path, "rb") as data:
+                container.upload_blob(name, data, overwrite=True)
+        except (AzureError, OSError) as exc:
+            logger.warning("could not save the full log: %s", exc)
+
+    def _first_exit(self, container: ContainerClient) -> int | None:
+        try:
+            data = container.get_blob_client(self._exit_marker()).download_blob().readall()
+            return int(data.decode().strip())
+        except (AzureError, ValueError, UnicodeDecodeError):
+            return None
 
     def _plan(self, manifest: Manifest) -> tuple[list[InputFile], list[InputFile], list[InputFile]]:
         """Inputs to process, ready markers to skip, and repeated blobs (processed once)."""
@@ -410,7 +535,21 @@ class BatchRun:
         logger.error("FAILED: batch %s attempt %d: %s", self.s.batch_id, self.s.attempt, reason)
         summary = self._summary(None, [], markers=[], duplicates=[], code=code, fatal=reason)
         self._upload(container, self.s.output_prefix + SUMMARY_NAME, summary, "summary")
+        self._report_error(container, code, reason, [])
         return code
+
+    def _report_error(
+        self, container: ContainerClient, code: int, reason: str, failed: list[Outcome]
+    ) -> None:
+        """Write the failure report the janitor turns into the batch's reason (best effort)."""
+        doc = {
+            "version": 1,
+            "attempt": self.s.attempt,
+            "exit_code": code,
+            "reason": reason,
+            "files": [{"name": o.entry.name, "error": o.error} for o in failed[:MAX_ERROR_FILES]],
+        }
+        self._upload(container, self.s.output_prefix + ERROR_NAME, doc, "error report")
 
 
 def main(env: dict[str, str] | None = None) -> int:

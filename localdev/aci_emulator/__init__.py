@@ -8,7 +8,10 @@ against it. Each container runs as a local process. Development and tests only.
 Command line
 ------------
     python -m localdev.aci_emulator --port 0 --state-dir DIR --images localdev/images.json
-        [--quota N] [--page-size 50] [--provision-seconds S] [--latency-ms MS]
+        [--resource-group GLOB]... [--authorization-failed] [--quota N|none] [--cores-quota N]
+        [--creates-per-5-minutes N] [--creates-per-hour N] [--deletes-per-5-minutes N]
+        [--deletes-per-hour N] [--group-limits JSON] [--provision-timeout-seconds S]
+        [--platform-kill-rate R] [--page-size 50] [--provision-seconds S] [--latency-ms MS]
         [--fault-429-rate R] [--retry-after S] [--fault-5xx-rate R] [--operation-retry-after S]
         [--fault-after-commit-rate R] [--fault-drop-rate R] [--seed N]
         [--unknown-image reject|pull-failure] [--kill-grace-seconds 2]
@@ -52,32 +55,40 @@ secure values (as in ACI, where secure values are ordinary variables inside the 
 stdout and stderr share one file descriptor, so the log keeps their order.
 
 Behaviour (mirrors ACI; sources: the 2023-05-01 REST spec, Azure CLI/SDK recorded traffic,
-Microsoft Learn "Azure Container Instances states" and troubleshooting pages)
+Microsoft Learn "Azure Container Instances states", "Update containers in Azure Container
+Instances", "Resource availability & quota limits for ACI" and troubleshooting pages). The
+defaults are as strict as Azure; docs/emulator.md lists every strict behaviour, its source and
+its option.
 -------------------------------------------------------------------------------------------
 - PUT new group -> 201, body `provisioningState: Pending`, `instanceView {state: Pending, events: []}`
   and an `Azure-AsyncOperation` header (`.../locations/<loc>/operations/<id>`), no Retry-After, as
   recorded from ACI. The operation's `status` follows provisioning (Pending, Creating, Succeeded,
-  Failed). `provision_seconds` is split between Pending and Creating; once it is over, the next
-  request about the group (or the 50 ms ticker) starts the containers. With 0, the SDK poller's
+  Failed). `provision_seconds` (default 2) is split between Pending and Creating (containers
+  Waiting, event Pulling); once it is over, the containers start (Pulled, Created, Started
+  events) and provisioning is Succeeded. With 0, the SDK poller's
   first status poll, which it makes without waiting, sees Succeeded. Between later polls the
   poller sleeps the response's Retry-After if any, else its `polling_interval` (SDK default 30 s).
   Recorded ACI traffic has no Retry-After there; by default the emulator sends the time left until
   provisioning ends, so no client waits 30 s for a 1 s provisioning (`operation_retry_after`:
   fixed seconds instead, 0 = none).
-- PUT existing group: same spec (tags aside) -> 200, nothing restarts (idempotent adoption);
-  other changes -> redeploy (processes killed and restarted), but changing osType, restartPolicy,
-  subnetIds or CPU/memory/GPU -> 400 `InvalidContainerGroupUpdate`; anything but a same-spec PUT
-  while provisioning -> 409 `ContainerGroupTransitioning`; another location -> 409
+- PUT existing group ("Update containers in Azure Container Instances"): on a live group the
+  same spec (tags aside) -> 200, nothing restarts; a modified property on a running group ->
+  200, its containers restart in place (Killing event, restartCount + 1, new start time); a
+  terminated group (Succeeded, Failed, Stopped) -> 200, deployed as new (new log, restartCount
+  0): it runs again even with the same spec. Changing osType, restartPolicy, subnetIds, ports or
+  CPU/memory/GPU -> 400 `InvalidContainerGroupUpdate`; anything but a same-spec PUT while
+  provisioning -> 409 `ContainerGroupTransitioning`; another location -> 409
   `InvalidResourceLocation`.
 - Container states: Running {startTime}; after exit Terminated {exitCode, startTime, finishTime,
   detailStatus Completed|Error}; death by signal N is exit code 128+N. Events: Pulling, Pulled,
-  Started (only names and types ACI documents: see `vocabulary`). Group `instanceView.state`:
-  Pending -> Running -> Succeeded (all exit 0) or Failed (restartPolicy Never). OnFailure/Always
-  rerun with back-off (Waiting "CrashLoopBackOff: Back-off restarting failed", previousState,
-  restartCount).
+  Created, Started (Killing on stop and update). Group `instanceView.state`: Pending -> Running -> Succeeded (all exit 0)
+  or Failed (restartPolicy Never). OnFailure/Always rerun with back-off (Waiting
+  "CrashLoopBackOff: Back-off restarting failed", previousState, restartCount).
 - Pull failure (`pull: fail`, or unknown image with `--unknown-image pull-failure`): accepted (201),
-  then provisioningState `Failed`, container Waiting `ErrImagePull` with Failed/BackOff events,
-  group state stays `Pending` (ACI keeps trying after a Failed provisioning), async op Failed.
+  provisioningState stays `Creating` while the pull is retried with back-off (container Waiting
+  `ErrImagePull`, Pulling/Failed/BackOff events counting up) until `provision_timeout_seconds`
+  (default 1800) after the PUT; then provisioningState `Failed`, async op Failed; the group
+  state stays `Pending` (ACI keeps trying after a Failed provisioning).
 - GET includes instance views; list (by resource group / subscription) omits them and pages with
   `nextLink` (`$skiptoken`, stable under concurrent changes; `page_size`, default 50).
 - DELETE -> 200 with the group (processes SIGTERM, then SIGKILL after `kill_grace_seconds`),
@@ -85,7 +96,8 @@ Microsoft Learn "Azure Container Instances states" and troubleshooting pages)
 - POST stop -> 204, processes killed, group state `Stopped`, containers Terminated (exit 143/137).
   POST start -> 202 (+Azure-AsyncOperation) reruns a stopped/finished group, 204 if running.
   POST restart -> 204 (+Azure-AsyncOperation). PATCH replaces tags.
-- GET .../containers/<c>/logs?tail=N -> {"content": "..."} (at most the last 4 MB; 409
+- GET .../containers/<c>/logs?tail=N -> {"content": "..."} (the last 4 MB while the container
+  runs, the last 16 KB / 1,000 lines once it has stopped; 409
   ContainerGroupTransitioning before the container started, 400 ContainerLogNotAvailable if it
   never will). `timestamps` is ignored.
 - Never echoed: env `secureValue`, registry `password`, secret volume contents, Azure Files keys,
@@ -96,10 +108,17 @@ Microsoft Learn "Azure Container Instances states" and troubleshooting pages)
   letters, digits, single '-' inside), InvalidContainerName, DuplicateContainerName,
   InvalidRequestContent (missing image/containers/properties, bad JSON), ResourceRequestsNotSpecified,
   InvalidOsType, InvalidContainerEnvironmentVariable, InaccessibleImage, ContainerGroupQuotaReached
-  (`quota` counts the subscription's groups), InvalidSubscriptionId, InvalidResourceGroupName,
-  LinkedInvalidPropertyId, MissingApiVersionParameter, NoRegisteredProviderFound (api-version other
-  than 2023-05-01); 404 ResourceNotFound; 409 as above; 401 AuthenticationFailed.
-  Every resource group is taken to exist.
+  (`quota` ContainerGroups and `cores_quota` StandardCores per subscription and region),
+  InvalidSubscriptionId, InvalidResourceGroupName, LinkedInvalidPropertyId,
+  MissingApiVersionParameter, NoRegisteredProviderFound (api-version other than 2023-05-01);
+  404 ResourceNotFound, ResourceGroupNotFound (a resource group not in `resource_groups`); 409
+  ServiceUnavailable (a group over `group_limits`, or GPU in a subnet) and the 409s above; 429
+  ResourceRequestsThrottled (create/delete budget spent, long Retry-After); 403
+  AuthorizationFailed (`authorization_failed`); 401 AuthenticationFailed.
+- Creates and deletes spend per-(subscription, region) budgets (100 per 5 minutes, 300 per hour
+  each); PUT and DELETE responses carry `x-ms-ratelimit-remaining-subscription-resource-requests-
+  pt5m` / `-pt1h`. `platform_kill_rate` > 0: running containers are killed by "the platform"
+  (exit code 7147 or 7148, event "Killing container (platform initiated)").
 
 Faults (CLI flags, or at run time `POST /_emulator/config` with the same names in snake_case)
 ------------------------------------------------------------------------------------------
@@ -121,8 +140,11 @@ processes), `POST /_emulator/stats/reset`, `GET /_emulator/groups` (pids, states
   optional `method` and `kind`: container_group, list_resource_group, list_subscription, action,
   logs, operation). A queued fault wins over the rates.
 - `seed`: reseeds the fault generator (four draws per request, so one seed and one request order
-  give one fault sequence). Also: `provision_seconds`, `page_size`, `quota`, `unknown_image`,
-  `kill_grace_seconds`, `restart_backoff_seconds`, `operation_retry_after`.
+  give one fault sequence). Also: `provision_seconds`, `provision_timeout_seconds`, `page_size`,
+  `quota`, `cores_quota`, `creates_per_5_minutes`, `creates_per_hour`, `deletes_per_5_minutes`,
+  `deletes_per_hour`, `group_limits`, `resource_groups`, `authorization_failed`,
+  `platform_kill_rate`, `unknown_image`, `kill_grace_seconds`, `restart_backoff_seconds`,
+  `operation_retry_after`. `POST /_emulator/reset` also forgets the create/delete history.
 
 Python helpers: `localdev.aci_emulator.testing` (`start_emulator`, `Emulator`, `EmulatorCredential`,
 `make_client`).

@@ -27,7 +27,13 @@ from localdev.aci_emulator.store import Store
 logger = logging.getLogger("localdev.aci_emulator")
 
 
+def _int_or_none(raw: str) -> int | None:
+    """A count, or `none` for no limit."""
+    return None if raw.lower() in ("none", "null", "") else int(raw)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    d = Options()  # the strict (Azure) defaults
     p = argparse.ArgumentParser(
         prog="python -m localdev.aci_emulator",
         description="Local stand-in for the ARM API of Azure Container Instances.",
@@ -35,9 +41,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".localdev" / "aci")
     p.add_argument("--images", type=Path, default=REPO_ROOT / "localdev" / "images.json")
-    p.add_argument("--quota", type=int, default=None, help="max container groups per subscription")
+    p.add_argument(
+        "--quota",
+        type=_int_or_none,
+        default=d.quota,
+        help="container groups per subscription and region (ContainerGroups; none: no limit)",
+    )
+    p.add_argument(
+        "--cores-quota",
+        type=_int_or_none,
+        default=d.cores_quota,
+        help="CPUs of standard groups per subscription and region (StandardCores)",
+    )
+    for kind in ("creates", "deletes"):
+        p.add_argument(
+            f"--{kind}-per-5-minutes",
+            type=_int_or_none,
+            default=getattr(d, f"{kind}_per_5_minutes"),
+        )
+        p.add_argument(
+            f"--{kind}-per-hour", type=_int_or_none, default=getattr(d, f"{kind}_per_hour")
+        )
+    p.add_argument(
+        "--group-limits",
+        type=json.loads,
+        default=d.group_limits,
+        help="per-group CPU/memory/GPU limits as JSON (see docs/emulator.md)",
+    )
+    p.add_argument(
+        "--resource-group",
+        dest="resource_groups",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help=f"a resource group that exists (repeatable; default {d.resource_groups[0]})",
+    )
+    p.add_argument(
+        "--authorization-failed",
+        action="store_true",
+        help="answer every ARM request with 403 AuthorizationFailed",
+    )
     p.add_argument("--page-size", type=int, default=50, help="list page size (nextLink beyond)")
-    p.add_argument("--provision-seconds", type=float, default=0.0, help="Pending+Creating time")
+    p.add_argument(
+        "--provision-seconds", type=float, default=d.provision_seconds, help="Pending+Creating time"
+    )
+    p.add_argument(
+        "--provision-timeout-seconds",
+        type=float,
+        default=d.provision_timeout_seconds,
+        help="a failing image pull turns provisioning Failed after this",
+    )
+    p.add_argument(
+        "--platform-kill-rate",
+        type=float,
+        default=d.platform_kill_rate,
+        help="chance per second that the platform kills a running container (exit 7147/7148)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="added to every ARM request")
     p.add_argument("--fault-429-rate", type=float, default=0.0)
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of 429/503, s")
@@ -86,8 +145,18 @@ def options_from_args(args: argparse.Namespace) -> Options:
     options.update(
         {
             "quota": args.quota,
+            "cores_quota": args.cores_quota,
+            "creates_per_5_minutes": args.creates_per_5_minutes,
+            "creates_per_hour": args.creates_per_hour,
+            "deletes_per_5_minutes": args.deletes_per_5_minutes,
+            "deletes_per_hour": args.deletes_per_hour,
+            "group_limits": args.group_limits,
+            "resource_groups": args.resource_groups or Options().resource_groups,
+            "authorization_failed": args.authorization_failed,
             "page_size": args.page_size,
             "provision_seconds": args.provision_seconds,
+            "provision_timeout_seconds": args.provision_timeout_seconds,
+            "platform_kill_rate": args.platform_kill_rate,
             "latency_ms": args.latency_ms,
             "fault_429_rate": args.fault_429_rate,
             "retry_after": args.retry_after,

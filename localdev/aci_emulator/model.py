@@ -33,7 +33,8 @@ IDENTITY_TYPES = {
     "systemassigned,userassigned": frozenset({"SystemAssigned", "UserAssigned"}),
     "none": frozenset(),
 }
-# Changing these on an existing group is refused by ACI ("you must delete it first").
+# "Update containers in Azure Container Instances", properties that require container delete:
+# OS type, CPU, memory, restart policy, ports (plus GPU and the network profile, as CPU/memory).
 IMMUTABLE_GROUP_FIELDS = ("osType", "restartPolicy", "subnetIds")
 READ_ONLY_FIELDS = ("provisioningState", "instanceView")
 
@@ -365,10 +366,22 @@ def immutable_change(old: GroupSpec, new: GroupSpec) -> str | None:
         if before != after:
             return key
     old_res = {c["name"]: _requests(c) for c in old.properties["containers"]}
+    old_ports = {c["name"]: _ports(c) for c in old.properties["containers"]}
     for c in new.properties["containers"]:
         if c["name"] in old_res and old_res[c["name"]] != _requests(c):
             return f"resources of container '{c['name']}'"
+        if c["name"] in old_ports and old_ports[c["name"]] != _ports(c):
+            return f"ports of container '{c['name']}'"
     return None
+
+
+def _ports(container: dict[str, Any]) -> list[tuple[Any, str]]:
+    ports = (container.get("properties") or {}).get("ports") or []
+    return sorted(
+        (p.get("port"), str(p.get("protocol") or "TCP").upper())
+        for p in ports
+        if isinstance(p, dict)
+    )
 
 
 def _requests(container: dict[str, Any]) -> Any:

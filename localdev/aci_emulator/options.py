@@ -7,23 +7,51 @@ lock and the seeded random generator, so a given seed and request order reproduc
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from localdev.aci_emulator.limits import default_group_limits, validate_group_limits
+
 UNKNOWN_IMAGE_MODES = ("reject", "pull-failure")
 FAULT_NAMES = ("429", "500", "503", "after-commit", "drop")
+INT_OR_NONE = (
+    "quota",
+    "cores_quota",
+    "creates_per_5_minutes",
+    "creates_per_hour",
+    "deletes_per_5_minutes",
+    "deletes_per_hour",
+    "seed",
+)
 
 
 @dataclass
 class Options:
-    """Everything `POST /_emulator/config` may change (field names are the JSON keys)."""
+    """Everything `POST /_emulator/config` may change (field names are the JSON keys).
 
-    quota: int | None = None
+    The defaults are Azure's (see docs/emulator.md and `limits`): small unit tests may opt out
+    explicitly (e.g. `provision_seconds=0`), everything else runs against these."""
+
+    # Regional quotas per (subscription, location); None = unlimited.
+    quota: int | None = 100  # `ContainerGroups`
+    cores_quota: int | None = 100  # `StandardCores`
+    # Create and delete budgets per (subscription, location); None = unlimited.
+    creates_per_5_minutes: int | None = 100
+    creates_per_hour: int | None = 300
+    deletes_per_5_minutes: int | None = 100
+    deletes_per_hour: int | None = 300
+    group_limits: dict[str, Any] = field(default_factory=default_group_limits)
+    # Resource groups that exist (fnmatch globs, any case); others answer 404 ResourceGroupNotFound.
+    resource_groups: list[str] = field(default_factory=lambda: ["rg-local"])
+    authorization_failed: bool = False  # every ARM request answers 403 AuthorizationFailed
     page_size: int = 50
-    provision_seconds: float = 0.0
+    provision_seconds: float = 2.0
+    provision_timeout_seconds: float = 1800.0  # a pull still failing then: provisioning Failed
+    platform_kill_rate: float = 0.0  # chance per second that a running container is killed
     latency_ms: float = 0.0
     fault_429_rate: float = 0.0
     retry_after: float = 1.0
@@ -86,11 +114,21 @@ def validate_update(update: Any) -> dict[str, Any]:
             clean[key] = _rate(key, value)
         elif key == "operation_retry_after":
             clean[key] = None if value is None else _non_negative(key, value)
-        elif key in ("quota", "seed"):
+        elif key in INT_OR_NONE:
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 0
             ):
                 raise ValueError(f"{key} must be a non-negative integer or null")
+            clean[key] = value
+        elif key == "group_limits":
+            clean[key] = validate_group_limits(value)
+        elif key == "resource_groups":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError("resource_groups must be a list of names or globs")
+            clean[key] = list(value)
+        elif key == "authorization_failed":
+            if not isinstance(value, bool):
+                raise ValueError("authorization_failed must be true or false")
             clean[key] = value
         elif key == "page_size":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -124,12 +162,12 @@ class OptionsStore:
 
     def __init__(self, options: Options) -> None:
         self._lock = threading.Lock()
-        self._options = dataclasses.replace(options, fault_queue=list(options.fault_queue))
+        self._options = copy.deepcopy(options)
         self._random = random.Random(options.seed)
 
     def snapshot(self) -> Options:
         with self._lock:
-            return dataclasses.replace(self._options, fault_queue=list(self._options.fault_queue))
+            return copy.deepcopy(self._options)
 
     def update(self, update: Any) -> Options:
         clean = validate_update(update)

@@ -83,6 +83,10 @@ class ProcessManager:
         with contextlib.suppress(FileNotFoundError):
             (self.pid_dir / str(proc.pid)).unlink()
 
+    def kill_now(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a container's process group without waiting (the ticker reaps it)."""
+        _signal_group(proc.pid, signal.SIGKILL)
+
     def terminate(self, procs: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
         """SIGTERM each process group, SIGKILL what is left after `grace` seconds, wait for all.
         Blocks: callers must not hold the store lock."""

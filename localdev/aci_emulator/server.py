@@ -20,7 +20,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from localdev.aci_emulator.model import SUPPORTED_API_VERSIONS, ArmError, bad_request
+from localdev.aci_emulator.limits import (
+    authorization_failed,
+    resource_group_exists,
+    resource_group_not_found,
+)
+from localdev.aci_emulator.model import (
+    RESOURCE_TYPE,
+    SUPPORTED_API_VERSIONS,
+    ArmError,
+    bad_request,
+)
 from localdev.aci_emulator.options import Options, OptionsStore
 from localdev.aci_emulator.store import Response, Store
 
@@ -285,6 +295,7 @@ class Handler(BaseHTTPRequestHandler):
                 f"'{versions[0]}' for type 'containerGroups'. The supported api-versions are "
                 f"'{', '.join(SUPPORTED_API_VERSIONS)}'.",
             )
+        _check_scope(self.server.options.snapshot(), method, kind, params)
         store = self.server.store
         if kind == "list_subscription":
             skip = _first(query, "$skiptoken")
@@ -388,6 +399,39 @@ class Handler(BaseHTTPRequestHandler):
             self._send(Response(400, {"error": {"code": "InvalidConfig", "message": message}}))
             return
         self._send(Response(200, result))
+
+
+ACTIONS = {
+    ("GET", "container_group"): "read",
+    ("GET", "list_resource_group"): "read",
+    ("GET", "list_subscription"): "read",
+    ("GET", "operation"): "read",
+    ("PUT", "container_group"): "write",
+    ("PATCH", "container_group"): "write",
+    ("DELETE", "container_group"): "delete",
+    ("GET", "logs"): "containers/logs/read",
+}
+
+
+def _check_scope(opts: Options, method: str, kind: str, params: tuple[str, ...]) -> None:
+    """What ARM checks before ACI sees a request: the caller's role assignment (403
+    `AuthorizationFailed` with `authorization_failed`), then that the resource group exists
+    (404 `ResourceGroupNotFound` unless it matches `resource_groups`)."""
+    if opts.authorization_failed:
+        if kind == "action":
+            action = f"{params[3].lower()}/action"
+        else:
+            action = ACTIONS.get((method, kind), "read")
+        scope = f"/subscriptions/{params[0]}"
+        if kind not in ("list_subscription", "operation"):
+            scope += f"/resourceGroups/{params[1]}"
+            if kind != "list_resource_group":
+                scope += f"/providers/{RESOURCE_TYPE}/{params[2]}"
+        raise authorization_failed(f"{RESOURCE_TYPE}/{action}", scope)
+    if kind not in ("list_subscription", "operation") and not resource_group_exists(
+        params[1], opts.resource_groups
+    ):
+        raise resource_group_not_found(params[1])
 
 
 def _route(path: str) -> tuple[str, tuple[str, ...]]:

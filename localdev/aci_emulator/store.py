@@ -9,26 +9,23 @@ lock; `pending_kills` keeps a group from starting new processes before the old o
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import json
 import logging
+import random
 import subprocess
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localdev.aci_emulator.images import ImageMap
+from localdev.aci_emulator.limits import RateBudgets, check_group_limits, check_quotas
 from localdev.aci_emulator.model import (
     API_VERSION,
     RESOURCE_TYPE,
     ArmError,
-    ContainerSpec,
     GroupSpec,
     bad_request,
     check_resource_group,
@@ -43,191 +40,26 @@ from localdev.aci_emulator.model import (
 )
 from localdev.aci_emulator.options import Options, OptionsStore
 from localdev.aci_emulator.processes import ProcessManager, base_environment, exit_code
-from localdev.aci_emulator.vocabulary import EVENT_NAMES, EVENT_TYPES
+from localdev.aci_emulator.state import (
+    MAX_BACKOFF_SECONDS,
+    MAX_OPERATIONS,
+    PLATFORM_EXIT_CODES,
+    TICK_SECONDS,
+    ContainerRun,
+    Group,
+    Key,
+    Operation,
+    Response,
+    add_event,
+    decode_token,
+    encode_token,
+    not_found,
+    read_log,
+    transitioning,
+)
 
 logger = logging.getLogger(__name__)
-
-PROVISIONING = ("Pending", "Creating")
-MAX_OPERATIONS = 20_000
-LOG_LIMIT_BYTES = 4 * 1024 * 1024  # ACI returns at most the last 4 MB of a log
-TICK_SECONDS = 0.05
-MAX_BACKOFF_SECONDS = 60.0
-
-Key = tuple[str, str, str]
-
-
-@dataclass
-class Response:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Event:
-    name: str
-    message: str
-    type: str
-    first: float
-    last: float
-    count: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "firstTimestamp": iso(self.first, millis=False),
-            "lastTimestamp": iso(self.last, millis=False),
-            "name": self.name,
-            "message": self.message,
-            "type": self.type,
-        }
-
-
-def add_event(
-    events: list[Event], now: float, name: str, message: str, type_: str = "Normal"
-) -> None:
-    """Record an event the way Kubernetes-style event lists do: repeats bump `count`. Only
-    names and types ACI documents (see `vocabulary`) may be emitted."""
-    if name not in EVENT_NAMES or type_ not in EVENT_TYPES:
-        raise ValueError(f"undocumented ACI event {name!r} ({type_!r})")
-    for event in events:
-        if event.name == name and event.message == message:
-            event.count += 1
-            event.last = now
-            return
-    events.append(Event(name=name, message=message, type=type_, first=now, last=now))
-
-
-@dataclass
-class ContainerRun:
-    """One container of one generation of a group, and its process."""
-
-    spec: ContainerSpec
-    argv: list[str]
-    cwd: Path
-    env: dict[str, str]
-    log_path: Path
-    pull_fails: bool = False
-    state: str | None = None  # None (not created yet) | Waiting | Running | Terminated
-    detail: str = ""
-    start: float | None = None
-    finish: float | None = None
-    exit_code: int | None = None
-    previous: dict[str, Any] | None = None
-    restart_count: int = 0
-    restart_at: float | None = None
-    backoff: float = 0.0
-    started_once: bool = False
-    events: list[Event] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def current_state(self) -> dict[str, Any] | None:
-        if self.state == "Running" and self.start is not None:
-            return {"state": "Running", "startTime": iso(self.start), "detailStatus": ""}
-        if self.state == "Terminated" and self.start is not None and self.finish is not None:
-            return {
-                "state": "Terminated",
-                "startTime": iso(self.start),
-                "exitCode": self.exit_code,
-                "finishTime": iso(self.finish),
-                "detailStatus": self.detail,
-            }
-        if self.state == "Waiting":
-            return {"state": "Waiting", "detailStatus": self.detail}
-        return None
-
-    def view(self) -> dict[str, Any] | None:
-        current = self.current_state()
-        if current is None and not self.events:
-            return None
-        out: dict[str, Any] = {"restartCount": self.restart_count}
-        if current is not None:
-            out["currentState"] = current
-        if self.previous is not None:
-            out["previousState"] = self.previous
-        out["events"] = [e.to_json() for e in self.events]
-        return out
-
-
-@dataclass
-class Group:
-    uid: str
-    sub: str
-    rg: str
-    name: str
-    spec: GroupSpec
-    identity: dict[str, Any] | None
-    generation: int = 0
-    provisioning_state: str = "Pending"
-    accepted: float = 0.0
-    creating_at: float = 0.0
-    ready_at: float = 0.0
-    pull_failure: str | None = None
-    containers: list[ContainerRun] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    stopped: bool = False
-    pending_kills: int = 0
-
-    @property
-    def id(self) -> str:
-        return group_id(self.sub, self.rg, self.name)
-
-    @property
-    def label(self) -> str:
-        """Short name for log lines."""
-        return f"{self.rg}/{self.name}"
-
-    @property
-    def key(self) -> Key:
-        return (self.sub.lower(), self.rg.lower(), self.name.lower())
-
-    @property
-    def provisioning(self) -> bool:
-        return self.provisioning_state in PROVISIONING
-
-    def running(self) -> list[tuple[ContainerRun, subprocess.Popen[bytes]]]:
-        return [(c, c.proc) for c in self.containers if c.proc is not None]
-
-
-@dataclass
-class Operation:
-    id: str
-    sub: str
-    key: Key
-    uid: str
-    generation: int
-    resource_id: str
-    started: float
-
-
-def not_found(rg: str, name: str) -> ArmError:
-    return ArmError(
-        404,
-        "ResourceNotFound",
-        f"The Resource '{RESOURCE_TYPE}/{name}' under resource group '{rg}' was not found. "
-        "For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-    )
-
-
-def transitioning(name: str) -> ArmError:
-    return ArmError(
-        409,
-        "ContainerGroupTransitioning",
-        f"The container group '{name}' is still transitioning, please retry later.",
-    )
-
-
-def _encode_token(key: tuple[str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> tuple[str, str]:
-    try:
-        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        rg, name = raw
-        return (str(rg), str(name))
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise bad_request("InvalidSkipToken", f"The skip token '{token}' is invalid.") from exc
+TERMINATED_STATES = ("Succeeded", "Failed", "Stopped")
 
 
 class Store:
@@ -249,6 +81,8 @@ class Store:
         self.lock = threading.RLock()
         self.groups: dict[Key, Group] = {}
         self.operations: OrderedDict[str, Operation] = OrderedDict()
+        self.budgets = RateBudgets()
+        self._random = random.Random(options.snapshot().seed)
         self._stop = threading.Event()
         self._closed = False  # set at shutdown: no process may start after the final sweep
         self._ticker = threading.Thread(target=self._tick_loop, name="aci-ticker", daemon=True)
@@ -278,26 +112,49 @@ class Store:
             procs = [p for g in self.groups.values() for _, p in g.running()]
             self.groups.clear()
             self.operations.clear()
+            self.budgets.reset()
         self.processes.terminate(procs, grace=self.options.snapshot().kill_grace_seconds)
         return count
 
     def _tick_loop(self) -> None:
+        last = time.time()
         while not self._stop.wait(TICK_SECONDS):
             try:
+                kill_rate = self.options.snapshot().platform_kill_rate
                 with self.lock:
                     now = time.time()
                     for group in list(self.groups.values()):
+                        if kill_rate:
+                            self._platform_kills(group, kill_rate * (now - last), now)
                         self._advance(group, now)
+                    last = now
             except Exception:  # the clock must keep going whatever one group does
                 logger.exception("ticker failed")
+
+    def _platform_kills(self, group: Group, chance: float, now: float) -> None:
+        """ACI sometimes stops a container itself (host maintenance, repair): exit code 7147 or
+        7148 with the event "Killing container (platform initiated)" (`platform_kill_rate`)."""
+        for c in group.containers:
+            if c.proc is None or c.platform_exit is not None or self._random.random() >= chance:
+                continue
+            c.platform_exit = self._random.choice(PLATFORM_EXIT_CODES)
+            add_event(c.events, now, "Killing", "Killing container (platform initiated)")
+            self.processes.kill_now(c.proc)
+            logger.info("%s: platform killed container %s", group.label, c.spec.name)
 
     # ---------------------------------------------------------------- ARM operations
 
     def put(self, sub: str, rg: str, name: str, body: Any, base: str) -> Response:
+        """Create, or update as "Update containers in Azure Container Instances" describes: the
+        same spec changes nothing on a live group; a modified property restarts a running
+        group's containers in place; a terminated group (Succeeded, Failed, Stopped) is
+        deployed as new and runs again; some properties can only change by delete + create."""
         check_subscription(sub)
         check_resource_group(rg)
         spec = validate_group(name, body)
         opts = self.options.snapshot()
+        check_group_limits(spec, opts.group_limits)
+        creates = (opts.creates_per_5_minutes, opts.creates_per_hour)
         old: list[subprocess.Popen[bytes]] = []
         with self.lock:
             pull_failure = self._check_images(name, spec, opts)
@@ -305,14 +162,18 @@ class Store:
             key = (sub.lower(), rg.lower(), name.lower())
             group = self.groups.get(key)
             if group is None:
-                used = sum(1 for g in self.groups.values() if g.sub.lower() == key[0])
-                if opts.quota is not None and used >= opts.quota:
-                    raise bad_request(
-                        "ContainerGroupQuotaReached",
-                        f"Resource type '{RESOURCE_TYPE}' container group quota 'ContainerGroups' "
-                        f"exceeded in region '{normalize_location(spec.location)}'. "
-                        f"Limit: '{opts.quota}', Usage: '{used}' Requested: '1'.",
-                    )
+                region = normalize_location(spec.location)
+                check_quotas(
+                    spec,
+                    (
+                        g.spec
+                        for g in self.groups.values()
+                        if g.key[0] == key[0] and normalize_location(g.spec.location) == region
+                    ),
+                    opts.quota,
+                    opts.cores_quota,
+                )
+                budget = self.budgets.take(sub, spec.location, "create", creates, now)
                 uid = uuid.uuid4().hex
                 group = Group(
                     uid=uid,
@@ -325,7 +186,8 @@ class Store:
                 self._provision(group, spec, now, opts, pull_failure=pull_failure)
                 self.groups[key] = group
                 logger.info("created %s (generation %s)", group.label, group.generation)
-                return Response(201, self._render(group, True), self._op_header(group, now, base))
+                headers = self._op_header(group, now, base) | budget
+                return Response(201, self._render(group, True), headers)
             self._advance(group, now)
             if normalize_location(spec.location) != normalize_location(group.spec.location):
                 raise ArmError(
@@ -335,9 +197,13 @@ class Store:
                     f"'{group.spec.location}' in resource group '{group.rg}'. A resource with "
                     f"the same name cannot be created in location '{spec.location}'.",
                 )
-            if spec.comparable() == group.spec.comparable():
+            state = self._group_state(group)
+            terminated = not group.provisioning and state in TERMINATED_STATES
+            if not terminated and spec.comparable() == group.spec.comparable():
                 group.spec = dataclasses.replace(group.spec, tags=spec.tags)
-                return Response(200, self._render(group, True), self._op_header(group, now, base))
+                headers = self._op_header(group, now, base)
+                headers |= self.budgets.headers(sub, spec.location, "create", creates, now)
+                return Response(200, self._render(group, True), headers)
             if group.provisioning:
                 raise transitioning(name)
             changed = immutable_change(group.spec, spec)
@@ -346,16 +212,29 @@ class Store:
                     "InvalidContainerGroupUpdate",
                     f"The updates on container group '{name}' are invalid ({changed} changed). "
                     "If you are going to update the os type, restart policy, network profile, "
-                    "CPU, memory or GPU resources for a container group, you must delete it "
-                    "first and then create a new one.",
+                    "ports, CPU, memory or GPU resources for a container group, you must delete "
+                    "it first and then create a new one.",
                 )
-            old = [p for _, p in group.running()]
-            group.pending_kills += 1
+            if terminated:
+                budget = self.budgets.take(sub, spec.location, "create", creates, now)
+                group.deployment += 1
+            else:
+                budget = self.budgets.headers(sub, spec.location, "create", creates, now)
+                for c in group.containers:
+                    if c.proc is not None:
+                        add_event(c.events, now, "Killing", f"Killing container {c.spec.name}")
+                old = [p for _, p in group.running()]
+                group.pending_kills += 1
             group.identity = render_identity(spec.identity, group.id)
-            self._provision(group, spec, now, opts, pull_failure=pull_failure)
-            logger.info("redeploying %s (generation %s)", group.label, group.generation)
-            response = Response(200, self._render(group, True), self._op_header(group, now, base))
-        self._kill(group, old, opts)
+            self._provision(
+                group, spec, now, opts, pull_failure=pull_failure, keep_events=not terminated
+            )
+            how = f"deployed as new (it was {state})" if terminated else "restarting in place"
+            logger.info("redeploying %s (generation %s): %s", group.label, group.generation, how)
+            headers = self._op_header(group, now, base) | budget
+            response = Response(200, self._render(group, True), headers)
+        if old:
+            self._kill(group, old, opts)
         return response
 
     def patch(self, sub: str, rg: str, name: str, body: Any) -> Response:
@@ -376,20 +255,23 @@ class Store:
 
     def delete(self, sub: str, rg: str, name: str) -> Response:
         opts = self.options.snapshot()
+        deletes = (opts.deletes_per_5_minutes, opts.deletes_per_hour)
         with self.lock:
             key = (sub.lower(), rg.lower(), name.lower())
             group = self.groups.get(key)
             if group is None:
                 return Response(204)
-            self._advance(group, time.time())
+            now = time.time()
+            self._advance(group, now)
             if group.provisioning:
                 raise transitioning(name)
+            budget = self.budgets.take(sub, group.spec.location, "delete", deletes, now)
             del self.groups[key]
             procs = [p for _, p in group.running()]
             body = self._render(group, True)
         self.processes.terminate(procs, grace=opts.kill_grace_seconds)
         logger.info("deleted %s (%s process(es) killed)", group.label, len(procs))
-        return Response(200, body)
+        return Response(200, body, budget)
 
     def stop(self, sub: str, rg: str, name: str) -> Response:
         opts = self.options.snapshot()
@@ -397,12 +279,15 @@ class Store:
             group = self._lookup(sub, rg, name)
             if group.provisioning:
                 raise transitioning(name)
+            now = time.time()
             group.stopped = True
             for c in group.containers:
                 c.restart_at = None
                 if c.state == "Waiting" and c.previous is not None:
                     c.state, c.previous = "Terminated", None
                     c.detail = "Completed" if c.exit_code == 0 else "Error"
+                if c.proc is not None:
+                    add_event(c.events, now, "Killing", f"Stopping container {c.spec.name}")
             running = group.running()
             group.pending_kills += 1
         self._kill(group, [p for _, p in running], opts, record=running)
@@ -458,8 +343,8 @@ class Store:
                     f"The log of container '{container}' in container group '{name}' is not "
                     "available: the container has not started.",
                 )
-            path = run.log_path
-        return Response(200, {"content": read_log(path, tail)})
+            path, running = run.log_path, run.proc is not None
+        return Response(200, {"content": read_log(path, tail, running)})
 
     def list_groups(
         self, sub: str, rg: str | None, skiptoken: str | None, link_base: str
@@ -468,7 +353,7 @@ class Store:
         if rg is not None:
             check_resource_group(rg)
         page_size = self.options.snapshot().page_size
-        after = _decode_token(skiptoken) if skiptoken else None
+        after = decode_token(skiptoken) if skiptoken else None
         with self.lock:
             now = time.time()
             items = [
@@ -484,7 +369,7 @@ class Store:
                 self._advance(group, now)
             body: dict[str, Any] = {"value": [self._render(g, False) for g in page]}
             if len(items) > len(page):
-                token = _encode_token((page[-1].key[1], page[-1].key[2]))
+                token = encode_token((page[-1].key[1], page[-1].key[2]))
                 body["nextLink"] = f"{link_base}?api-version={API_VERSION}&$skiptoken={token}"
         return Response(200, body)
 
@@ -516,7 +401,10 @@ class Store:
             if group.provisioning:
                 retry_after = self.options.snapshot().operation_retry_after
                 if retry_after is None:  # poll again when provisioning is due to end
-                    retry_after = round(min(max(group.ready_at - now, 0.05), 5.0), 2)
+                    due = group.ready_at
+                    if due <= now:  # a failing pull is being retried: until it may change
+                        due = min(group.timeout_at, group.next_pull or group.timeout_at)
+                    retry_after = round(min(max(due - now, 0.05), 5.0), 2)
                 if retry_after:
                     headers["Retry-After"] = f"{retry_after:g}"
             if group.provisioning_state == "Failed":
@@ -623,8 +511,10 @@ class Store:
         keep_events: bool = False,
     ) -> None:
         """Start a new generation: Pending for the first half of `provision_seconds`, Creating
-        for the second, then the containers start (or the pull fails)."""
-        old_events = {c.spec.name: c.events for c in group.containers} if keep_events else {}
+        (containers Waiting, Pulling) for the second, then the containers start, or a failing
+        pull is retried until `provision_timeout_seconds`. With `keep_events` (an update in
+        place, start, restart) the containers keep their events and restart counts."""
+        old = {c.spec.name: c for c in group.containers} if keep_events else {}
         group.generation += 1
         group.spec = spec
         group.provisioning_state = "Pending"
@@ -633,9 +523,16 @@ class Store:
         group.creating_at = now + opts.provision_seconds / 2
         group.ready_at = now + opts.provision_seconds
         group.pull_failure = pull_failure
+        group.timeout_at = now + opts.provision_timeout_seconds
+        group.next_pull = None
+        group.pull_backoff = 0.0
         group.events = []
+        suffix = f"-{group.deployment}" if group.deployment > 1 else ""
         log_dir = (
-            self.log_dir / group.sub.lower() / group.rg.lower() / f"{group.name}-{group.uid[:8]}"
+            self.log_dir
+            / group.sub.lower()
+            / group.rg.lower()
+            / f"{group.name}-{group.uid[:8]}{suffix}"
         )
         runs = []
         for c in spec.containers:
@@ -652,30 +549,40 @@ class Store:
                     env=env,
                     log_path=log_dir / f"{c.name}.log",
                     pull_fails=rule is None or rule.pull == "fail",
-                    events=list(old_events.get(c.name, [])),
                 )
             )
+            before = old.get(c.name)
+            if before is not None:
+                runs[-1].events = list(before.events)
+                runs[-1].restart_count = before.restart_count
+                runs[-1].started_once = before.started_once
         group.containers = runs
 
     def _advance(self, group: Group, now: float) -> None:
         if group.provisioning_state == "Pending" and now >= group.creating_at:
             group.provisioning_state = "Creating"
             for c in group.containers:
+                c.state, c.detail, c.previous = "Waiting", "", None
                 add_event(c.events, now, "Pulling", f'pulling image "{c.spec.image}"')
         if (
             group.provisioning_state == "Creating"
             and now >= group.ready_at
             and group.pending_kills == 0
+            and not group.pull_failure
         ):
-            if group.pull_failure:
-                self._fail_pull(group, now)
-            else:
-                group.provisioning_state = "Succeeded"
-                for c in group.containers:
-                    add_event(
-                        c.events, now, "Pulled", f'Successfully pulled image "{c.spec.image}"'
-                    )
-                    self._start(group, c, now)
+            group.provisioning_state = "Succeeded"
+            for c in group.containers:
+                add_event(c.events, now, "Pulled", f'Successfully pulled image "{c.spec.image}"')
+                add_event(c.events, now, "Created", "Created container")
+                self._start(group, c, now)
+        if (
+            group.pull_failure
+            and not group.stopped
+            and group.provisioning_state in ("Creating", "Failed")
+            and now >= (group.next_pull or group.ready_at)
+            and group.pending_kills == 0
+        ):
+            self._fail_pull(group, now)
         for c in group.containers:
             if c.proc is not None:
                 returncode = c.proc.poll()
@@ -685,11 +592,23 @@ class Store:
                 self._start(group, c, now)
 
     def _fail_pull(self, group: Group, now: float) -> None:
-        group.provisioning_state = "Failed"
+        """One failed pull attempt: Failed + BackOff events, then back off and try again, as
+        ACI keeps doing; provisioning turns Failed once `provision_timeout_seconds` is over
+        ("Azure Container Instances states": "timeout after 30 minutes"), and the group stays
+        Pending (a Failed provisioning does not stop the attempts)."""
+        retry = group.next_pull is not None
+        base = self.options.snapshot().restart_backoff_seconds
+        group.pull_backoff = min(MAX_BACKOFF_SECONDS, group.pull_backoff * 2 or base)
+        group.next_pull = now + group.pull_backoff
+        if group.provisioning_state == "Creating" and now >= group.timeout_at:
+            group.provisioning_state = "Failed"
+            logger.info("%s: image pull still failing (provisioningState Failed)", group.label)
         for c in group.containers:
             if not c.pull_fails:
                 continue
             image = c.spec.image
+            if retry:
+                add_event(c.events, now, "Pulling", f'pulling image "{image}"')
             add_event(
                 c.events,
                 now,
@@ -701,7 +620,6 @@ class Store:
             add_event(c.events, now, "Failed", "Error: ErrImagePull", "Warning")
             add_event(c.events, now, "BackOff", f'Back-off pulling image "{image}"')
             c.state, c.detail = "Waiting", "ErrImagePull"
-        logger.info("%s: image pull failed (provisioningState Failed)", group.label)
 
     def _start(self, group: Group, c: ContainerRun, now: float) -> None:
         if self._closed:
@@ -760,7 +678,8 @@ class Store:
             return  # already recorded (by the ticker or by the thread that killed it)
         c.proc = None
         self.processes.reaped(proc)
-        code = exit_code(returncode)
+        code = exit_code(returncode) if c.platform_exit is None else c.platform_exit
+        c.platform_exit = None
         c.state, c.exit_code, c.finish = "Terminated", code, now
         c.detail = "Completed" if code == 0 else "Error"
         logger.info("%s: container %s exited with %s", group.label, c.spec.name, code)
@@ -840,17 +759,3 @@ class Store:
         if group.spec.zones is not None:
             out["zones"] = list(group.spec.zones)
         return out
-
-
-def read_log(path: Path, tail: int | None) -> str:
-    """The last 4 MB of a container log, or its last `tail` lines."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - LOG_LIMIT_BYTES))
-            text = f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
-    if tail is None:
-        return text
-    return "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""

@@ -25,6 +25,7 @@ from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOpt
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
 from localdev.aci_emulator.images import REPO_ROOT
+from localdev.aci_emulator.options import INT_OR_NONE
 from localdev.aci_emulator.processes import kill_recorded
 
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -120,13 +121,24 @@ class Emulator:
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
+    """Options as CLI flags: None -> `none` (a lifted limit; other None values are left out),
+    True -> a bare switch, a list -> the
+    flag repeated (`resource_groups` -> `--resource-group`), a dict -> JSON."""
     argv: list[str] = []
     for key, value in options.items():
-        if value is None:
+        flag = "--" + ("resource-group" if key == "resource_groups" else key.replace("_", "-"))
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+            continue
+        if isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+            continue
+        if value is None:  # "no limit" where a limit can be lifted, else the default
+            argv += [flag, "none"] if key in INT_OR_NONE and key != "seed" else []
             continue
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
-            argv += [f"--{key.replace('_', '-')}", str(item)]
+            argv += [flag, str(item)]
     return argv
 
 

@@ -17,8 +17,13 @@ Sources:
   https://learn.microsoft.com/azure/container-instances/container-instances-troubleshooting
   (an image that cannot be pulled: Pulling, Failed (type Warning), BackOff).
 
+- [TRAFFIC] Recorded Azure traffic quoted in the project's issue "Hold to Azure's contract":
+  a container killed by the platform (exit code 7147/7148) carries the event "Killing" with the
+  message "Killing container (platform initiated)"; ACI emits the same name when it stops or
+  restarts a container (update in place, stop).
+
 Not constrained: `detailStatus` (the spec calls it "the human-readable status") and event
-messages. "Killing" (a Kubernetes event name) is deliberately absent: no ACI page documents it.
+messages.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ GROUP_STATES = frozenset({"Running", "Stopped", "Pending", "Succeeded", "Failed"
 # containers[].properties.instanceView.currentState/previousState.state [STATES, "Containers"].
 CONTAINER_STATES = frozenset({"Running", "Waiting", "Terminated"})
 
-# instanceView.events[].name [LOGS, TROUBLESHOOT].
-EVENT_NAMES = frozenset({"Pulling", "Pulled", "Created", "Started", "Failed", "BackOff"})
+# instanceView.events[].name [LOGS, TROUBLESHOOT, TRAFFIC].
+EVENT_NAMES = frozenset({"Pulling", "Pulled", "Created", "Started", "Failed", "BackOff", "Killing"})
 
 # instanceView.events[].type [LOGS, TROUBLESHOOT].
 EVENT_TYPES = frozenset({"Normal", "Warning"})

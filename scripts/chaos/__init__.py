@@ -1,5 +1,5 @@
-"""Reliability suite: crash, race, fault, lease-theft, bad-input, bad-config and security
-scenarios against the REAL pipeline, with figures.
+"""Reliability suite: crash, race, fault, lease-theft, stall, clock-skew, operator-error,
+refusal, bad-input, bad-config and security scenarios against the REAL pipeline, with figures.
 
 Why this exists: the README promises that nothing dropped is lost, nothing runs twice, bad input
 cannot escape its batch and bad settings stop the app before it touches anything. Unit tests
@@ -26,6 +26,20 @@ Scenarios, one module each (counts: `--quick` for `make test`, default = full fo
             first fault run uses the real sample worker image, which reads through the faults.
   lease     the poll lease is broken mid-claim and a second poller takes it at once; or it is
             broken while a group PUT is in flight and the new holder's tick runs first.
+  stall     a poller's link (storage and ARM, shared with the others) stalls at its source
+            deletes, a copy, its `claimed` manifest write or its group PUT for longer than
+            LEASE_SECONDS and STUCK_CLAIM_SECONDS while another poller takes the batch over and
+            sweepers run; then every held request lands (`stall.StallGate`).
+  skew      pollers and sweepers at +600 s, -600 s and 0 (localdev/skew sitecustomize), folder
+            mode, folders uploaded file by file with gaps under BATCH_SETTLE_SECONDS, the sample
+            worker image: no folder split, every batch succeeds first time, no live claim
+            recovered.
+  operator  manifests truncated, reshaped or deleted while batches flow (quarantined, reported
+            by id, others flow), then repaired or released; failed batches retried after their
+            users dropped some names again (never overwritten; a second retry is a no-op).
+  refusals  storage refuses to delete a quarter of the files for good (409 immutability, 403
+            permission; a FAKE, localdev.proxy.Refusal): they stay in incoming/, are reported
+            blocked and are copied once per version, never again.
   badinput  a corpus of awkward blobs (names, sizes, blob types, snapshots, leases, tiers,
             changes mid-claim), each recorded with what happened to it.
   config    every setting missing or malformed in turn: exit code 2, one message naming it,
@@ -33,12 +47,19 @@ Scenarios, one module each (counts: `--quick` for `make test`, default = full fo
   security  ops endpoints without/with wrong keys, dry runs, secrets in logs and in ARM,
             property tests (properties.py) of blob paths and group names from user input.
 
+A file expected to stay in incoming/ (refused, or left there on purpose) is not stuck there;
+a file its user replaced is "gone", and its new version is a dropped file of its own, so a
+retry that overwrote it loses it.
+
 Definitions checked from storage and ARM at the end of each scenario (`checks.Checker`):
   lost            a dropped file (name + content hash) in no finished batch (done/ or failed/
                   manifest lists it AND the input blob is there), not legitimately in incoming/
                   and not in an unfinished batch either (that is "stuck", counted as unfinished)
   duplicated      the same dropped file in more than one batch (or in one and still in
-                  incoming/)
+                  incoming/), except a file `cleanup retry` restored from a failed batch whose
+                  copy there survived, and ran again: that is counted as retried, as intended
+  kept            a dropped file in a batch folder without a readable manifest (quarantined by
+                  the app): not lost, but the trial counts as unfinished
   double-launched a container group name created more than once, or redeployed (the emulator's
                   log records each create (ARM 201) and redeploy; a retried PUT that ARM answered
                   from the existing group is not a launch)

@@ -65,6 +65,13 @@ BAD_VALUES: dict[str, list[str | None]] = {
     "KEEP_FAILED_GROUPS": ["maybe"],
     "ORPHAN_GRACE_MINUTES": ["-1", "x"],
     "STUCK_CLAIM_SECONDS": ["-1", "86401"],
+    "VANISH_GRACE_SECONDS": ["-1", "86401", "x"],
+    "MAX_PLATFORM_RELAUNCHES": ["-1", "21", "x"],
+    # Either alone is refused (they go together); a key alone names the key's partner too.
+    "ACI_LOG_ANALYTICS_WORKSPACE_ID": ["not-a-guid"],
+    "ACI_LOG_ANALYTICS_WORKSPACE_KEY": ["key-without-workspace"],
+    "INDEX_PREFIX": ["a//b/", "locks/"],
+    "STALL_ALARM_MINUTES": ["0", "x", "nan"],
 }
 # Cases that need more than one variable: (setting named in the message, variables to set,
 # variables to remove).

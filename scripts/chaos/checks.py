@@ -11,6 +11,7 @@ import string
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from azure.storage.blob import ContainerClient
 
@@ -61,6 +62,14 @@ class Verdict:
     creates: int = 0
     unrecorded_groups: list[str] = field(default_factory=list)
     where: dict[str, str] = field(default_factory=dict)  # dropped name -> outcome text
+    # Batch folders without a readable manifest (the app quarantines them) and the dropped
+    # files found in them by content: kept, not lost, but not finished either.
+    quarantined: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    # Files in a failed batch that `cleanup retry` restored AND in the batch that ran them again
+    # (the retry's copy landed, its delete of the failed copy did not): intended, not duplicated.
+    retried_twice: list[str] = field(default_factory=list)
+    batches: dict[str, list[str]] = field(default_factory=dict)  # dropped key -> finished batches
 
     @property
     def clean(self) -> bool:
@@ -71,6 +80,7 @@ class Verdict:
             or self.double_launched
             or self.unfinished
             or self.unsafe_paths
+            or self.quarantined
         )
 
     def summary(self) -> str:
@@ -86,6 +96,9 @@ class Verdict:
             ("unfinished", self.unfinished),
             ("unsafe paths", self.unsafe_paths),
             ("groups not recorded in any manifest", self.unrecorded_groups),
+            ("quarantined batch folders", self.quarantined),
+            ("files kept in quarantined batches", self.kept),
+            ("files in a retried batch and its rerun", self.retried_twice),
         ):
             if items:
                 parts.append(f"{len(items)} {label}")
@@ -100,6 +113,7 @@ class Verdict:
             ("double-launched", self.double_launched),
             ("unfinished", self.unfinished),
             ("unsafe path", self.unsafe_paths),
+            ("quarantined", self.quarantined),
         ):
             for item in items[:limit]:
                 out.append(f"{label}: {item!r}")
@@ -124,6 +138,21 @@ class Checker:
         last = client.download_blob(offset=d.size - MIB, length=MIB).readall()
         return (sha(first), sha(last)) == d.samples
 
+    def _quarantined_files(
+        self, arena: Arena, folder: str, sizes: dict[str, int]
+    ) -> dict[str, str]:
+        """Dropped keys found, by content, among the blobs of a folder without a readable
+        manifest: dropped key -> blob name."""
+        by_sha = {d.sha256: key for key, d in arena.dropped.items() if d.size <= HASH_LIMIT}
+        found: dict[str, str] = {}
+        for name, size in sizes.items():
+            if not name.startswith(folder) or size > HASH_LIMIT:
+                continue
+            key = by_sha.get(sha(arena.container.download_blob(name).readall()))
+            if key is not None:
+                found[key] = name
+        return found
+
     def check(self, arena: Arena, expect_groups_gone: bool = True) -> Verdict:
         container = arena.container
         v = Verdict(dropped=len(arena.dropped))
@@ -132,57 +161,83 @@ class Checker:
         processing = sorted(n for n in sizes if n.startswith("processing/"))
         if processing:
             v.unfinished += [f"left in processing/: {n}" for n in processing[:10]]
-        # Finished batches and the inputs their manifests list.
-        located: dict[str, list[tuple[str, str]]] = {}
+        # Every batch folder, with its manifest if it has a readable one.
+        folders = sorted(
+            {
+                found.group(1)
+                for n in sizes
+                if (found := re.match(r"((?:processing|done|failed)/[^/]+/)", n))
+            }
+        )
+        # Finished batches and the inputs their manifests list; for each entry, whether it is
+        # in a failed batch that `cleanup retry` says it restored.
+        located: dict[str, list[tuple[str, str, bool]]] = {}
         recorded_groups: set[str] = set()
         in_flight: dict[str, list[tuple[str, str]]] = {}
-        for name in sizes:
-            found = re.fullmatch(r"processing/([^/]+)/_batch\.json", name)
-            if found:
-                manifest = json.loads(container.download_blob(name).readall())
-                for entry in manifest.get("files", []):
-                    path = f"processing/{found.group(1)}/{entry['blob']}"
-                    in_flight.setdefault(entry["source"], []).append((found.group(1), path))
-            found = re.fullmatch(r"(done/|failed/)([^/]+)/_batch\.json", name)
-            if not found:
+        kept: dict[str, str] = {}
+        for folder in folders:
+            prefix, batch = folder.split("/")[0] + "/", folder.split("/")[1]
+            manifest = read_manifest(container, folder + "_batch.json", sizes)
+            if manifest is None:
+                v.quarantined.append(folder)
+                kept.update(self._quarantined_files(arena, folder, sizes))
                 continue
-            prefix, batch = found.group(1), found.group(2)
-            manifest = json.loads(container.download_blob(name).readall())
+            if prefix == "processing/":
+                for entry in manifest["files"]:
+                    path = folder + entry["blob"]
+                    in_flight.setdefault(entry["source"], []).append((batch, path))
+                recorded_groups.update(a.get("group") or "" for a in manifest.get("attempts", []))
+                continue
             v.finished += 1
             state = manifest.get("state")
             if (prefix, state) not in (("done/", "succeeded"), ("failed/", "failed")):
-                v.unfinished.append(f"{name} has state {state!r}")
+                v.unfinished.append(f"{folder}_batch.json has state {state!r}")
             recorded_groups.update(a.get("group") or "" for a in manifest.get("attempts", []))
-            folder = f"{prefix}{batch}/"
-            for entry in manifest.get("files", []):
+            restored = set((manifest.get("retried") or {}).get("restored") or [])
+            for entry in manifest["files"]:
                 path = folder + entry["blob"]
                 normal = posixpath.normpath(path)
                 if not normal.startswith(folder) or normal != path or len(path) > 1024:
                     v.unsafe_paths.append(path)
-                located.setdefault(entry["source"], []).append((batch, path))
+                retried = prefix == "failed/" and entry["source"] in restored
+                located.setdefault(entry["source"], []).append((batch, path, retried))
         for key, d in arena.dropped.items():
-            hits = [
-                batch
-                for batch, path in located.get(d.name, [])
+            found_in = [
+                (batch, retried)
+                for batch, path, retried in located.get(d.name, [])
                 if path in sizes and self._matches(container, path, d, sizes[path])
             ]
+            hits = [batch for batch, _ in found_in]
+            v.batches[key] = hits
             here = d.name in incoming and self._matches(container, d.name, d, sizes[d.name])
             active = [
                 batch
                 for batch, path in in_flight.get(d.name, [])
                 if path in sizes and self._matches(container, path, d, sizes[path])
             ]
-            if len(hits) + int(here) + len(active) > 1:
+            places = len(hits) + int(here) + len(active) + int(key in kept)
+            rerun = [b for b, retried in found_in if not retried]
+            if places == 2 and len(hits) == 2 and len(rerun) == 1:
+                # Left in the failed batch it was restored from, and run again: as intended.
+                v.retried_twice.append(key)
+                v.where[key] = f"retried: in failed batch {hits} and in {rerun[0]}"
+            elif places > 1:
                 v.duplicated.append(key)
-                v.where[key] = f"DUPLICATED: batches {hits + active}, in incoming: {here}"
+                v.where[key] = (
+                    f"DUPLICATED: batches {hits + active}, in incoming: {here}, "
+                    f"kept in a quarantined batch: {kept.get(key)}"
+                )
             elif hits:
-                stored = next(p for b, p in located[d.name] if b == hits[0])
+                stored = next(p for b, p, _ in located[d.name] if b == hits[0])
                 v.where[key] = f"claimed: {stored}"
                 if "batch" not in d.expect:
                     v.where[key] += " (claimed although expected to stay)"
             elif active:
                 v.stuck.append(key)
                 v.where[key] = f"STUCK in unfinished batch {active[0]}"
+            elif key in kept:
+                v.kept.append(key)
+                v.where[key] = f"kept in a quarantined batch: {kept[key]}"
             elif here:
                 v.where[key] = "left in incoming/"
                 if "incoming" not in d.expect:
@@ -206,6 +261,31 @@ class Checker:
         return v
 
 
+def read_manifest(
+    container: ContainerClient, name: str, sizes: dict[str, int]
+) -> dict[str, Any] | None:
+    """A manifest's JSON if it is there and has the fields this check reads, else None (the
+    app quarantines such a batch too: it cannot tell which files are whose)."""
+    if name not in sizes:
+        return None
+    try:
+        raw = json.loads(container.download_blob(name).readall())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or not all(
+        k in raw for k in ("batch_id", "state", "created", "updated")
+    ):
+        return None
+    files = raw.get("files") or []
+    if not isinstance(files, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("source"), str) and isinstance(f.get("blob"), str)
+        for f in files
+    ):
+        return None
+    raw["files"] = files
+    return raw
+
+
 def add_verdict(row: Row, v: Verdict, label: str) -> None:
     row.dropped += v.dropped
     row.lost += len(v.lost)
@@ -218,6 +298,6 @@ def add_verdict(row: Row, v: Verdict, label: str) -> None:
         row.failures += [
             f"{label}: group {g} is recorded in no manifest" for g in v.unrecorded_groups
         ]
-    if v.stuck or v.unfinished or v.unsafe_paths:
+    if v.stuck or v.unfinished or v.unsafe_paths or v.quarantined:
         row.unfinished += 1
     row.failures += [f"{label}: {p}" for p in v.problems()]

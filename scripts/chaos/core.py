@@ -73,6 +73,11 @@ class Mode:
     scenario_seconds: float  # bound on one scenario's drive to quiescence
     fault_seconds: float  # bound on one fault run (storage retries back off 15 s and more)
     fault_worker: bool  # the first fault run uses the sample worker image (else a no-op one)
+    stall_trials: int  # stall variants in turn (see stall.VARIANTS)
+    stall_parallel: int
+    skew_folders: int  # folders uploaded file by file while skewed pollers and sweepers loop
+    operator_batches: int  # batches of the first wave (some spoiled, the others fail and retry)
+    refusal_files: int  # files per wave, a quarter of them refused
 
 
 FULL = Mode(
@@ -93,6 +98,11 @@ FULL = Mode(
     scenario_seconds=420,
     fault_seconds=900,
     fault_worker=True,
+    stall_trials=8,
+    stall_parallel=2,
+    skew_folders=24,
+    operator_batches=8,
+    refusal_files=80,
 )
 QUICK = Mode(
     name="quick",
@@ -112,4 +122,9 @@ QUICK = Mode(
     scenario_seconds=180,
     fault_seconds=240,
     fault_worker=False,
+    stall_trials=2,
+    stall_parallel=2,
+    skew_folders=6,
+    operator_batches=4,
+    refusal_files=16,
 )

@@ -112,7 +112,10 @@ def print_report(report: Report, mode: Mode) -> None:
     print(
         f"\nlimits: seed {report.seed}, mode {mode.name}; crash trials {mode.crash_trials}, race "
         f"{mode.race_ticks} ticks / {mode.race_files} files, {mode.fault_runs} fault run(s) of "
-        f"{mode.fault_files} files, {mode.lease_trials} lease trial(s) per variant; each trial "
+        f"{mode.fault_files} files, {mode.lease_trials} lease trial(s) per variant, "
+        f"{mode.stall_trials} stall trials, {mode.skew_folders} skewed folders, "
+        f"{mode.operator_batches} operator batches, {mode.refusal_files} files per refusal wave; "
+        "each trial "
         f"bounded to {mode.trial_seconds:.0f}s, each drive to quiescence to "
         f"{mode.scenario_seconds:.0f}s, each fault run to {mode.fault_seconds:.0f}s; loopback "
         f"only (Azurite, ACI emulator, proxies, local Functions host on 127.0.0.1)."

@@ -216,7 +216,24 @@ class Stack(contextlib.ExitStack):
 
     def start(self) -> Stack:
         self.azurite = self.enter_context(run_azurite())
-        self.emulator = self.enter_context(start_emulator(self.workdir / "aci", page_size=100))
+        # Azure's defaults (provisioning time, update semantics, limits, quotas), and the
+        # arenas' resource groups (`rg-chaos-...`) exist. One exception: the create/delete
+        # budgets (100 per 5 minutes, 300 per hour per subscription and region) are lifted.
+        # The suite runs one arena after another in one subscription, each a deployment of its
+        # own, and a quick run alone creates more than 100 groups within 5 minutes; under the
+        # budget the later scenarios wait out a 429's Retry-After (minutes) and miss their time
+        # bounds. How the app copes with a spent budget is tested in tests/test_launch.py.
+        self.emulator = self.enter_context(
+            start_emulator(
+                self.workdir / "aci",
+                page_size=100,
+                resource_groups=["rg-chaos-*"],
+                creates_per_5_minutes=None,
+                creates_per_hour=None,
+                deletes_per_5_minutes=None,
+                deletes_per_hour=None,
+            )
+        )
         # Registered after both services, so it runs first on the way out: children die before
         # the services they talk to.
         self.callback(self.procs.kill_all)
@@ -252,10 +269,10 @@ class Stack(contextlib.ExitStack):
     def storage_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(self.storage_upstream, classify or tagged(storage_kind), **kwargs)
 
-    def arm_proxy(self, **kwargs: Any) -> Proxy:
+    def arm_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(
             self.emulator.url,
-            tagged(arm_kind),
+            classify or tagged(arm_kind),
             tls=True,
             upstream_ca=str(self.emulator.ca),
             **kwargs,

@@ -14,10 +14,14 @@ from .core import Interrupted, Mode, log
 from .crash import scenario_crash
 from .faults import scenario_faults
 from .lease import scenario_lease
+from .operator import scenario_operator
 from .race import scenario_race
+from .refusals import scenario_refusals
 from .report import Report, Row
 from .security import scan_secrets, scenario_security
+from .skew import scenario_skew
 from .stack import Stack
+from .stall import scenario_stall
 
 # A scenario runs on the shared stack with its own seeded rng and returns its row; it may also
 # add checks and per-case records to the report.
@@ -29,6 +33,10 @@ SCENARIOS: dict[str, Scenario] = {
     "race": scenario_race,
     "faults": scenario_faults,
     "lease": scenario_lease,
+    "stall": scenario_stall,
+    "skew": scenario_skew,
+    "operator": scenario_operator,
+    "refusals": scenario_refusals,
     "badinput": scenario_badinput,
     "config": scenario_config,
     "security": scenario_security,
