@@ -76,6 +76,12 @@ MAX_PLATFORM_RELAUNCHES = "MAX_PLATFORM_RELAUNCHES"
 ACI_LOG_ANALYTICS_WORKSPACE_ID = "ACI_LOG_ANALYTICS_WORKSPACE_ID"
 ACI_LOG_ANALYTICS_WORKSPACE_KEY = "ACI_LOG_ANALYTICS_WORKSPACE_KEY"
 STALL_ALARM_MINUTES = "STALL_ALARM_MINUTES"
+NOTIFY_QUEUE = "NOTIFY_QUEUE"
+NOTIFY_WEBHOOK_URL = "NOTIFY_WEBHOOK_URL"
+NOTIFY_WEBHOOK_SECRET = "NOTIFY_WEBHOOK_SECRET"  # noqa: S105 (a setting name)
+PRICE_VCPU_SECOND = "PRICE_VCPU_SECOND"
+PRICE_GB_SECOND = "PRICE_GB_SECOND"
+PRICE_GPU_SECOND_V100 = "PRICE_GPU_SECOND_V100"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -97,6 +103,13 @@ GROUP_LIMITS: dict[tuple[str, int] | None, tuple[float, float]] = {
     ("V100", 4): (24, 448),
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Default per-second prices (USD): ACI Linux pay-as-you-go list prices, region East US, as
+# documented in docs/notifications.md ("Cost per batch", with the date they were taken).
+DEFAULT_PRICE_VCPU_SECOND = 0.0000113
+DEFAULT_PRICE_GB_SECOND = 0.0000012
+DEFAULT_PRICE_GPU_SECOND = {"V100": 0.000845}
+MIN_WEBHOOK_SECRET = 16
+_QUEUE_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 _CONTAINER_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 _GROUP_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*-?$")
@@ -180,6 +193,34 @@ class Settings:
     log_analytics_workspace_id: str | None = None
     log_analytics_workspace_key: str | None = field(default=None, repr=False)
     stall_alarm_minutes: float = 10.0
+    # completion notifications (cleanup/notify.py) and cost (launcher/cost.py)
+    notify_queue: str | None = None
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = field(default=None, repr=False)
+    price_vcpu_second: float = DEFAULT_PRICE_VCPU_SECOND
+    price_gb_second: float = DEFAULT_PRICE_GB_SECOND
+    price_gpu_second: tuple[tuple[str, float], ...] = tuple(DEFAULT_PRICE_GPU_SECOND.items())
+
+    @property
+    def notify_targets(self) -> tuple[str, ...]:
+        """The configured notification targets, in delivery order ("queue", "webhook")."""
+        return tuple(
+            name
+            for name, on in (("queue", self.notify_queue), ("webhook", self.notify_webhook_url))
+            if on
+        )
+
+    @property
+    def queue_account_url(self) -> str | None:
+        """The queue endpoint of the storage account, for identity-based access: the blob
+        endpoint's `.blob.` replaced by `.queue.` (connection strings name their own)."""
+        if not self.storage_account_url:
+            return None
+        parsed = urlparse(self.storage_account_url)
+        host = parsed.hostname or ""
+        if ".blob." not in host:
+            return None
+        return self.storage_account_url.replace(".blob.", ".queue.", 1)
 
     @property
     def poll_lock_blob(self) -> str:
@@ -550,6 +591,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             f"{ACI_LOG_ANALYTICS_WORKSPACE_ID} must be the workspace's customer id (a GUID)"
         )
 
+    notify_queue, webhook_url, webhook_secret = _notify_settings(r, conn, account_url)
+
     group_prefix = r.text(GROUP_PREFIX) or "ml-"
     if not _GROUP_PREFIX_RE.match(group_prefix) or len(group_prefix) > 20:
         r.problems.append(
@@ -623,11 +666,75 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_analytics_workspace_id=workspace_id,
         log_analytics_workspace_key=workspace_key,
         stall_alarm_minutes=r.number(STALL_ALARM_MINUTES, 10.0, float, 0.1, 7 * 24 * 60),
+        notify_queue=notify_queue,
+        notify_webhook_url=webhook_url,
+        notify_webhook_secret=webhook_secret,
+        price_vcpu_second=r.number(PRICE_VCPU_SECOND, DEFAULT_PRICE_VCPU_SECOND, float, 0, 1),
+        price_gb_second=r.number(PRICE_GB_SECOND, DEFAULT_PRICE_GB_SECOND, float, 0, 1),
+        price_gpu_second=(
+            (
+                "V100",
+                r.number(PRICE_GPU_SECOND_V100, DEFAULT_PRICE_GPU_SECOND["V100"], float, 0, 1),
+            ),
+        ),
     )
     r.problems += group_limit_problems(settings)
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+def _notify_settings(
+    r: _Reader, conn: str | None, account_url: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """NOTIFY_QUEUE (a queue in the same storage account), NOTIFY_WEBHOOK_URL (https; plain
+    http only to a loopback host, for tests) and its HMAC secret, which it requires."""
+    queue = r.text(NOTIFY_QUEUE)
+    if queue is not None:
+        queue = queue.lower()
+        if not _QUEUE_RE.match(queue):
+            r.problems.append(
+                f"{NOTIFY_QUEUE}={queue!r} is not a valid queue name (3-63 lowercase letters, "
+                "digits and single hyphens)"
+            )
+        parts = _parse_connection_string(conn or "")
+        if conn is not None and not (
+            "queueendpoint" in parts
+            or parts.get("usedevelopmentstorage", "").lower() == "true"
+            or "accountname" in parts
+        ):
+            r.problems.append(
+                f"{NOTIFY_QUEUE} needs a QueueEndpoint (or AccountName) in "
+                f"{STORAGE_CONNECTION_STRING}"
+            )
+        if account_url is not None and ".blob." not in (urlparse(account_url).hostname or ""):
+            r.problems.append(
+                f"{NOTIFY_QUEUE}: the queue endpoint cannot be derived from {STORAGE_ACCOUNT_URL} "
+                "(no '.blob.' in its host name); use a connection string with a QueueEndpoint"
+            )
+    url = r.text(NOTIFY_WEBHOOK_URL)
+    secret = r.text(NOTIFY_WEBHOOK_SECRET)
+    if url is not None:
+        parsed = urlparse(url)
+        loopback = parsed.scheme == "http" and parsed.hostname in LOOPBACK_HOSTS
+        if not parsed.hostname or not (parsed.scheme == "https" or loopback):
+            r.problems.append(
+                f"{NOTIFY_WEBHOOK_URL} must be an https:// URL (plain http only to a loopback "
+                "host; value not shown: it may hold a token)"
+            )
+        if secret is None:
+            r.problems.append(
+                f"{NOTIFY_WEBHOOK_SECRET} is required with {NOTIFY_WEBHOOK_URL}: every "
+                "notification is signed with it (HMAC-SHA256)"
+            )
+        elif len(secret) < MIN_WEBHOOK_SECRET:
+            r.problems.append(
+                f"{NOTIFY_WEBHOOK_SECRET} must be at least {MIN_WEBHOOK_SECRET} characters "
+                "(value not shown)"
+            )
+    elif secret is not None:
+        r.problems.append(f"{NOTIFY_WEBHOOK_SECRET} is set but {NOTIFY_WEBHOOK_URL} is not")
+    return queue, url, secret
 
 
 def group_limit_problems(s: Settings) -> list[str]:

@@ -13,7 +13,7 @@ import logging
 
 import azure.functions as func
 
-from cleanup import admin, status
+from cleanup import admin, costs, status
 from cleanup.sweep import sweep
 from config import get_settings
 from launcher import telemetry
@@ -89,6 +89,12 @@ def ops_batch_retry(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="ops/now", methods=["GET"])
 def ops_now(req: func.HttpRequest) -> func.HttpResponse:
     return _reply(status.get_now(dict(req.params)))
+
+
+@app.route(route="ops/costs", methods=["GET"])
+def ops_costs(req: func.HttpRequest) -> func.HttpResponse:
+    """Usage and estimated cost per profile over the last `days` (cleanup/costs.py)."""
+    return _reply(costs.get_costs(dict(req.params)))
 
 
 @app.route(route="ops/status", methods=["GET"])

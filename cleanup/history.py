@@ -69,8 +69,14 @@ FIELDS = (
     "duration_seconds",
     "retry_of",
     "retried_at",
+    "profile",
+    "vcpu_seconds",
+    "gb_seconds",
+    "gpu_seconds",
+    "cost",
 )
 _INT_FIELDS = ("files", "bytes", "attempt", "exit_code")
+_FLOAT_FIELDS = ("duration_seconds", "vcpu_seconds", "gb_seconds", "gpu_seconds", "cost")
 
 
 def index_key(batch_id: str) -> str:
@@ -98,6 +104,7 @@ def summary(m: Manifest, prefix: str) -> dict[str, Any]:
     first = m.attempts[0] if m.attempts else None
     last = m.attempts[-1] if m.attempts else None
     reason = m.reason or (m.last_error or {}).get("message") or (last.reason if last else None)
+    usage = m.cost or {}
     return {
         "batch": m.batch_id,
         "state": m.state.value,
@@ -116,6 +123,13 @@ def summary(m: Manifest, prefix: str) -> dict[str, Any]:
         "duration_seconds": last.duration_seconds if last else None,
         "retry_of": m.retry_of,
         "retried_at": (m.retried or {}).get("last_at"),
+        # The job profile (a later feature adds it to the manifest) and the usage and estimated
+        # cost of all attempts (launcher/cost.py; USD at the PRICE_* settings).
+        "profile": str(getattr(m, "profile", None) or "default"),
+        "vcpu_seconds": usage.get("vcpu_seconds"),
+        "gb_seconds": usage.get("gb_seconds"),
+        "gpu_seconds": usage.get("gpu_seconds"),
+        "cost": usage.get("cost"),
     }
 
 
@@ -133,8 +147,11 @@ def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:
         value: Any = unquote(raw) if raw is not None else None
         if value is not None and k in _INT_FIELDS:
             value = int(value) if value.lstrip("-").isdigit() else None
-        elif value is not None and k == "duration_seconds":
-            value = float(value)
+        elif value is not None and k in _FLOAT_FIELDS:
+            try:
+                value = float(value)
+            except ValueError:
+                value = None
         row[k] = value
     return row
 

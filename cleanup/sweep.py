@@ -9,11 +9,17 @@ never re-runs a batch that already succeeded:
   3. delete the group (kept when KEEP_FAILED_GROUPS=true and the attempt failed: it is tagged
      `ml-kept` and left alone afterwards);
   4. for `finishing`: move the batch folder to done/ or failed/, write the final manifest there,
-     delete the one in processing/.
+     delete the one in processing/;
+  5. send the completion notifications of finished batches (cleanup/notify.py: recorded as
+     pending, with an outbox entry, before the final manifest is written; sent after it).
+
+Each recorded attempt carries its usage and estimated cost (launcher/cost.py), the manifest
+their sum.
 
 Cost: the sweep first lists our groups (one ARM request) and the manifests in processing/ (one
-List Blobs); with neither, it stops there, without taking its lease. Otherwise it takes the
-janitor lease (so a timer sweep and an on-demand sweep never overlap) and lists again.
+List Blobs), and with notification targets configured the notification outbox (one List Blobs);
+with none of them, it stops there, without taking its lease. Otherwise it takes the janitor
+lease (so a timer sweep and an on-demand sweep never overlap) and lists again.
 """
 
 from __future__ import annotations
@@ -29,9 +35,9 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from cleanup import alarm, history
+from cleanup import alarm, history, notify
+from launcher import cost, telemetry
 from launcher import poll as launcher_poll
-from launcher import telemetry
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import (
     LOGS_DIR,
@@ -92,6 +98,7 @@ class Status:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     reason: str | None = None
+    resources: cost.Resources | None = None  # what the group requested (for the cost)
 
     @property
     def terminal(self) -> bool:
@@ -120,6 +127,9 @@ class SweepReport:
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     stall: dict[str, Any] | None = None  # the stall alarm (cleanup/alarm.py)
+    # Completion notifications (cleanup/notify.py): sent, still pending (with the error).
+    notified: list[dict[str, str]] = field(default_factory=list)
+    notify_pending: list[dict[str, str]] = field(default_factory=list)
     duration_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +250,13 @@ class Sweep:
         begin = status.started_at or parse_iso(rec.launched_at)
         end = status.finished_at or now
         rec.duration_seconds = round((end - begin).total_seconds(), 1) if begin else None
+        billed = cost.billed_seconds(parse_iso(rec.launched_at), begin, end)
+        if billed is not None:
+            resources = status.resources or cost.Resources.from_settings(self.s)
+            rec.billed_seconds = billed
+            for key, value in cost.usage(self.s, resources, billed).items():
+                setattr(rec, key, value)
+        manifest.cost = cost.total(manifest.attempts)
         if status.kind != "vanished":
             rec.logs = f"{LOGS_DIR}/attempt-{manifest.attempt}.log"
 
@@ -394,6 +411,7 @@ class Sweep:
             return
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
         manifest.finished_at = iso(self.clients.clock.now())
+        notify.prepare(self.clients, manifest, target_prefix)  # before the final manifest
         store.put_final(manifest, target_prefix)
         history.record(self.clients, manifest, target_prefix)  # before the delete: see history
         try:
@@ -411,6 +429,8 @@ class Sweep:
             if group is None
             else classify(group, g.created, self.s.job_timeout_minutes, self.clients.clock.now())
         )
+        if group is not None:
+            status.resources = cost.Resources.from_group(group)
         if not status.terminal:
             self.report.running.append(g.name)
             return
@@ -536,16 +556,32 @@ class Sweep:
         self.plan(groups, refs, quarantined)
         self.hand_back()
 
+    def send_notifications(self, entries: list[tuple[str, str]] | None = None) -> None:
+        """Send the completion notifications the outbox holds (cleanup/notify.py)."""
+        done = notify.deliver(self.clients, entries, dry_run=self.dry_run)
+        self.report.notified += done.sent
+        self.report.notify_pending += done.pending
+        if done.left_for_next_sweep:
+            self.report.notify_pending.append(
+                {
+                    "batch": "*",
+                    "target": "*",
+                    "error": f"{done.left_for_next_sweep} left for the next sweep (time budget)",
+                }
+            )
+
     def run(self) -> SweepReport:
         hook, store = self.clients.hook, self.clients.store
         groups = [g for g in hook.list_groups() if g.batch_id and not g.kept]
         refs = store.list_refs()
-        if not groups and not refs:
+        outbox = notify.pending_entries(self.clients) if self.s.notify_targets else []
+        if not groups and not refs and not outbox:
             self.report.idle = True
             return self.report
         if self.dry_run:
             # A dry run writes nothing, not even the lock blob, so it needs no lease.
             self._work(groups, refs)
+            self.send_notifications(outbox)
             return self.report
         lease = LeaseLock(self.clients.container, self.s.janitor_lock_blob, self.s.lease_seconds)
         if not lease.try_acquire():
@@ -557,6 +593,8 @@ class Sweep:
             self._work(
                 [g for g in hook.list_groups() if g.batch_id and not g.kept], store.list_refs()
             )
+            if self.s.notify_targets:
+                self.send_notifications()  # listed again: this sweep's finished batches are in it now
         return self.report
 
 

@@ -89,6 +89,16 @@ param instanceMemoryMB int = 2048
 @description('Extra app settings (name: value), e.g. {"ACI_CPU": "2", "MAX_ATTEMPTS": "3"}; names the template sets itself are ignored (use the parameters). Each deployment replaces all app settings: settings added later with the CLI must be passed again (scripts/deploy.sh does) or put here.')
 param extraAppSettings object = {}
 
+@description('Optional: a storage queue in the data account that gets a message per finished batch (NOTIFY_QUEUE, docs/notifications.md); the app may only send to it (Storage Queue Data Message Sender on this queue). Empty: no queue.')
+param notifyQueueName string = ''
+
+@description('Optional HTTPS webhook that gets a signed POST per finished batch (NOTIFY_WEBHOOK_URL). Empty: none.')
+param notifyWebhookUrl string = ''
+
+@secure()
+@description('HMAC-SHA256 key of the webhook signature (NOTIFY_WEBHOOK_SECRET, at least 16 characters); required with notifyWebhookUrl.')
+param notifyWebhookSecret string = ''
+
 @description('Tags for every resource.')
 param tags object = {}
 
@@ -161,6 +171,7 @@ var roles = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   managedIdentityOperator: 'f1a07417-d97a-45cb-824c-7a7467783830'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 }
@@ -201,6 +212,19 @@ resource watchContainer 'Microsoft.Storage/storageAccounts/blobServices/containe
   parent: dataBlobService
   name: watchContainerName
   properties: { publicAccess: 'None' }
+}
+
+// Completion notifications (optional): one queue in the data account.
+var hasNotifyQueue = !empty(notifyQueueName)
+
+resource dataQueueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = if (hasNotifyQueue) {
+  parent: dataStorage
+  name: 'default'
+}
+
+resource notifyQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = if (hasNotifyQueue) {
+  parent: dataQueueService
+  name: hasNotifyQueue ? notifyQueueName : 'unused'
 }
 
 resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -318,7 +342,7 @@ var baseSettingNames = [
   'ACI_IDENTITY_ID'
   'ACI_IDENTITY_CLIENT_ID'
 ]
-var templateSettingNames = map(concat(baseSettingNames, ['ACI_REGISTRY_SERVER', 'ACI_SUBNET_ID']), n => toLower(n))
+var templateSettingNames = map(concat(baseSettingNames, ['ACI_REGISTRY_SERVER', 'ACI_SUBNET_ID', 'NOTIFY_QUEUE', 'NOTIFY_WEBHOOK_URL', 'NOTIFY_WEBHOOK_SECRET']), n => toLower(n))
 var extraSettings = [for item in items(extraAppSettings): { name: item.key, value: string(item.value) }]
 var extraSettingsKept = filter(extraSettings, setting => !contains(templateSettingNames, toLower(setting.name)))
 
@@ -342,6 +366,13 @@ var baseSettings = [
 ]
 var registrySettings = hasRegistry ? [{ name: 'ACI_REGISTRY_SERVER', value: registryServer }] : []
 var subnetSettings = hasSubnet ? [{ name: 'ACI_SUBNET_ID', value: aciSubnetId }] : []
+var notifySettings = concat(
+  hasNotifyQueue ? [{ name: 'NOTIFY_QUEUE', value: notifyQueueName }] : [],
+  empty(notifyWebhookUrl) ? [] : [
+    { name: 'NOTIFY_WEBHOOK_URL', value: notifyWebhookUrl }
+    { name: 'NOTIFY_WEBHOOK_SECRET', value: notifyWebhookSecret }
+  ]
+)
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: functionAppName
@@ -359,7 +390,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // private endpoints. Null leaves the property out (public mode).
     virtualNetworkSubnetId: isPrivate ? privateAppSubnetId : null
     siteConfig: {
-      appSettings: concat(baseSettings, registrySettings, subnetSettings, extraSettingsKept)
+      appSettings: concat(baseSettings, registrySettings, subnetSettings, notifySettings, extraSettingsKept)
     }
     functionAppConfig: {
       deployment: {
@@ -437,6 +468,17 @@ resource appWatchData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: functionApp.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+  }
+}
+
+// App -> the notification queue only: send messages, nothing else (no peek, read or delete).
+resource appNotifyQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasNotifyQueue) {
+  name: guid(dataStorage.id, 'notify-queue', functionApp.id, roles.storageQueueDataMessageSender)
+  scope: notifyQueue
+  properties: {
+    principalId: functionApp.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageSender)
   }
 }
 

@@ -128,6 +128,12 @@ class Attempt:
     outcome: str | None = None  # succeeded | failed | timeout | provisioning-failed | vanished
     reason: str | None = None
     logs: str | None = None  # blob name relative to the batch folder
+    # Usage and estimated cost of this attempt (launcher/cost.py): billed from launch to finish.
+    billed_seconds: float | None = None
+    vcpu_seconds: float | None = None
+    gb_seconds: float | None = None
+    gpu_seconds: float | None = None
+    cost: float | None = None
 
 
 @dataclass
@@ -158,6 +164,11 @@ class Manifest:
     platform_kills: int = 0
     retried: dict[str, Any] | None = None  # set by `cleanup retry`: when, and what was restored
     retry_of: str | None = None  # the failed batch whose inputs `cleanup retry` put back
+    # Sum of the attempts' usage and estimated cost (launcher/cost.py), kept with every attempt.
+    cost: dict[str, Any] | None = None
+    # Completion notifications of a finished batch (cleanup/notify.py): message id and, per
+    # target, pending|sent with attempts and the last error. Written before any send.
+    notifications: dict[str, Any] | None = None
     rev: str = ""
     version: int = 1
 

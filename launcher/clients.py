@@ -25,6 +25,8 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import DefaultAzureCredential
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.queue import ExponentialRetry as QueueRetry
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
 from config import DEFAULT_ARM_ENDPOINT, Settings
 from launcher.aci import AciHook
@@ -39,6 +41,10 @@ STORAGE_FIRST_BACKOFF = 0.5
 CONNECTION_TIMEOUT = 10
 READ_TIMEOUT = 60
 ARM_POLLING_INTERVAL = 1  # seconds; only used where a caller really waits on an LRO
+# The notification queue (cleanup/notify.py) must not hold a sweep: short timeouts, two quick
+# retries; an undelivered message stays pending for the next sweep.
+QUEUE_CONNECTION_TIMEOUT = 3
+QUEUE_READ_TIMEOUT = 5
 
 
 class EmulatorToken(TokenCredential):
@@ -120,6 +126,9 @@ class Clients:
     store: ManifestStore
     hook: AciHook
     clock: ServerClock
+    # Completion notification targets (cleanup/notify.py), None when not configured.
+    queue: QueueClient | None = None
+    webhook: requests.Session | None = None
 
 
 _lock = threading.Lock()
@@ -175,6 +184,8 @@ def build_clients(
         per_retry_policies=list(arm_policies),
     )
     container = blob_service.get_container_client(settings.watch_container)
+    queue = _queue_client(settings, identity) if settings.notify_queue else None
+    webhook = requests.Session() if settings.notify_webhook_url else None
     return Clients(
         settings=settings,
         blob_service=blob_service,
@@ -185,6 +196,30 @@ def build_clients(
         store=ManifestStore(container, settings, clock),
         hook=AciHook(aci, settings),
         clock=clock,
+        queue=queue,
+        webhook=webhook,
+    )
+
+
+def _queue_client(settings: Settings, identity: TokenCredential | None) -> QueueClient:
+    """The notification queue in the data storage account, with storage's credential (the
+    connection string's, or the same DefaultAzureCredential). Messages are base64-encoded, the
+    encoding an Azure Functions queue trigger expects by default."""
+    assert settings.notify_queue is not None
+    kwargs: dict[str, Any] = {
+        "transport": RequestsTransport(
+            connection_timeout=QUEUE_CONNECTION_TIMEOUT, read_timeout=QUEUE_READ_TIMEOUT
+        ),
+        "retry_policy": QueueRetry(initial_backoff=0.5, increment_base=2, retry_total=2),  # type: ignore[arg-type]
+        "message_encode_policy": TextBase64EncodePolicy(),
+    }
+    if settings.storage_connection_string:
+        return QueueClient.from_connection_string(
+            settings.storage_connection_string, settings.notify_queue, **kwargs
+        )
+    assert settings.queue_account_url is not None and identity is not None
+    return QueueClient(
+        settings.queue_account_url, settings.notify_queue, credential=identity, **kwargs
     )
 
 

@@ -1,7 +1,10 @@
-"""Start and stop a real Azurite blob service for local runs, tests, chaos and benchmarks.
+"""Start and stop a real Azurite blob service (and, on request, its queue service) for local
+runs, tests, chaos and benchmarks.
 
 Azurite is the npm package pinned in package.json (installed by `make venv`/`npm ci` into
 node_modules). Running it in memory on a free loopback port keeps parallel test sessions apart.
+The queue service (`azurite-queue`, a process of its own) serves completion notifications
+(NOTIFY_QUEUE, cleanup/notify.py); connection strings then carry its QueueEndpoint.
 """
 
 from __future__ import annotations
@@ -33,25 +36,32 @@ FAST_DELETE_PRELOAD = Path(__file__).resolve().parent / "azurite_fast_delete.js"
 
 @dataclass(frozen=True)
 class Azurite:
-    """A running Azurite blob endpoint."""
+    """A running Azurite blob endpoint (and queue endpoint, when started with one)."""
 
     port: int
     process: subprocess.Popen[bytes] | None
+    queue_port: int | None = None
 
     @property
     def blob_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
+    def queue_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.queue_port}/{ACCOUNT}" if self.queue_port else None
+
+    @property
     def connection_string(self) -> str:
-        return connection_string(self.port)
+        return connection_string(self.port, queue_port=self.queue_port)
 
 
-def connection_string(port: int, host: str = "127.0.0.1") -> str:
-    """Connection string for Azurite on a given port (`UseDevelopmentStorage=true` means 10000)."""
+def connection_string(port: int, host: str = "127.0.0.1", queue_port: int | None = None) -> str:
+    """Connection string for Azurite on a given port (`UseDevelopmentStorage=true` means 10000,
+    and 10001 for queues)."""
+    queue = f"QueueEndpoint=http://{host}:{queue_port}/{ACCOUNT};" if queue_port else ""
     return (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};"
+        f"BlobEndpoint=http://{host}:{port}/{ACCOUNT};{queue}"
     )
 
 
@@ -61,16 +71,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def azurite_binary() -> str:
-    local = REPO_ROOT / "node_modules" / ".bin" / "azurite-blob"
+def azurite_binary(name: str = "azurite-blob") -> str:
+    local = REPO_ROOT / "node_modules" / ".bin" / name
     if local.exists():
         return str(local)
-    found = shutil.which("azurite-blob")
+    found = shutil.which(name)
     if found:
         return found
-    raise RuntimeError(
-        "azurite-blob not found: run `npm ci` (or `make venv`) in the repository root"
-    )
+    raise RuntimeError(f"{name} not found: run `npm ci` (or `make venv`) in the repository root")
 
 
 def wait_for_port(
@@ -94,10 +102,65 @@ def run_azurite(
     location: Path | None = None,
     log_file: Path | None = None,
     preload: Path | None = None,
+    queue_port: int | None = None,
 ) -> Iterator[Azurite]:
     """Run Azurite (in memory unless `location` is given) until the context exits; `preload`
-    is a Node module required before Azurite starts (e.g. FAST_DELETE_PRELOAD)."""
+    is a Node module required before Azurite starts (e.g. FAST_DELETE_PRELOAD). With
+    `queue_port` (0: a free one) the queue service runs too."""
     port = port or free_port()
+    with contextlib.ExitStack() as stack:
+        queue = None
+        if queue_port is not None:
+            queue = stack.enter_context(_run_queue(queue_port or free_port(), location, log_file))
+        proc = stack.enter_context(_run_blob(port, location, log_file, preload))
+        yield Azurite(port=port, process=proc, queue_port=queue)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _run_queue(port: int, location: Path | None, log_file: Path | None) -> Iterator[int]:
+    """Azurite's queue service, beside the blob service (same account, same key)."""
+    argv = [
+        azurite_binary("azurite-queue"),
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--loose",
+    ]
+    if location is None:
+        argv.append("--inMemoryPersistence")
+    else:
+        location.mkdir(parents=True, exist_ok=True)
+        argv += ["--location", str(location)]
+    if log_file is None:
+        argv.append("--silent")
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, 30, proc)
+        logger.info("Azurite queue service on %s (pid %s)", f"127.0.0.1:{port}", proc.pid)
+        yield port
+    finally:
+        _stop(proc)
+        if log_file:
+            out.close()  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _run_blob(
+    port: int, location: Path | None, log_file: Path | None, preload: Path | None
+) -> Iterator[subprocess.Popen[bytes]]:
     argv = [
         azurite_binary(),
         "--blobHost",
@@ -125,13 +188,8 @@ def run_azurite(
     try:
         wait_for_port(port, 30, proc)
         logger.info("Azurite blob service on %s (pid %s)", f"127.0.0.1:{port}", proc.pid)
-        yield Azurite(port=port, process=proc)
+        yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         if log_file:
             out.close()  # type: ignore[union-attr]

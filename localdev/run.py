@@ -1,6 +1,7 @@
 """`make run` / `make demo`: the whole pipeline on one machine.
 
-Starts Azurite (blob storage, port 10000 so `UseDevelopmentStorage=true` works), the ACI emulator
+Starts Azurite (blob storage on port 10000 and queues on 10001, so `UseDevelopmentStorage=true`
+works; the NOTIFY_QUEUE queue is created when set), the ACI emulator
 (https on 127.0.0.1:8443, the sample worker image mapped to `python -m worker`) and the local
 Functions host (http://localhost:7071) loading function_app.py with local.settings.json (created
 from local.settings.example.json on first run). Ctrl-C stops everything.
@@ -36,6 +37,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueClient
 
 from config import ConfigError, load_settings, load_settings_file
 from localdev.azurite import REPO_ROOT, connection_string, free_port, run_azurite, wait_for_port
@@ -46,6 +48,7 @@ EXAMPLE = REPO_ROOT / "local.settings.example.json"
 AZURITE_PORT = 10000
 EMULATOR_PORT = 8443
 HOST_PORT = 7071
+QUEUE_PORT = 10001
 
 
 PID_FILE = "run.pid"
@@ -159,6 +162,13 @@ def prepare_container(conn: str, name: str) -> ContainerClient:
     with contextlib.suppress(ResourceExistsError):
         container.create_container()
     return container
+
+
+def prepare_queue(conn: str, name: str) -> None:
+    """Create the notification queue (in Azure the template does; the app may only send)."""
+    client = QueueClient.from_connection_string(conn, name)
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
 
 
 DEMO_FILES: dict[str, bytes] = {
@@ -305,9 +315,9 @@ def _main(args: argparse.Namespace, stop: dict[str, bool]) -> int:
         return 2
     free = args.free_ports or args.demo
     ports = (
-        (free_port(), free_port(), free_port())
+        (free_port(), free_port(), free_port(), free_port())
         if free
-        else (AZURITE_PORT, EMULATOR_PORT, HOST_PORT)
+        else (AZURITE_PORT, EMULATOR_PORT, HOST_PORT, QUEUE_PORT)
     )
     try:
         check_settings(values, ports[0], ports[1])
@@ -364,7 +374,7 @@ def _serve(
     stop: dict[str, bool],
     state: Path,
     values: dict[str, str],
-    ports: tuple[int, int, int],
+    ports: tuple[int, int, int, int],
 ) -> int:
     container_name = values["WATCH_CONTAINER"]
     emulator_dir = state / "aci"
@@ -376,10 +386,15 @@ def _serve(
                 ports[0],
                 location=None if args.demo else state / "azurite",
                 log_file=state / "azurite.log",
+                queue_port=ports[3],
             )
         )
         container = prepare_container(azurite.connection_string, container_name)
         log(f"Azurite on {azurite.blob_url}, container '{container_name}' ready")
+        queue_name = app_environment(values, {}).get("NOTIFY_QUEUE", "").strip().lower()
+        if queue_name:
+            prepare_queue(azurite.connection_string, queue_name)
+            log(f"Azurite queues on {azurite.queue_url}, notification queue '{queue_name}' ready")
         emulator_log = state / "aci-emulator.log"
         offset = _offset(emulator_log)
         emulator = stack.enter_context(
@@ -394,6 +409,10 @@ def _serve(
                     str(emulator_dir),
                     "--images",
                     "localdev/images.json",
+                    # Groups survive a restart of `make run` as after a host outage (make reset
+                    # removes the file with the rest of the state).
+                    "--state-file",
+                    "groups.json",
                     # Azure's defaults otherwise; only the app's resource group exists.
                     "--resource-group",
                     values.get("ACI_RESOURCE_GROUP", "rg-local"),

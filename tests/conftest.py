@@ -19,8 +19,9 @@ from localdev.azurite import Azurite, run_azurite  # noqa: E402
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
-    """One in-memory Azurite for the whole session (tests isolate by container name)."""
-    with run_azurite() as az:
+    """One in-memory Azurite (blob and queue services) for the whole session (tests isolate by
+    container and queue name)."""
+    with run_azurite(queue_port=0) as az:
         yield az
 
 

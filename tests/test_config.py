@@ -248,3 +248,53 @@ def test_the_largest_documented_groups_are_accepted() -> None:
         {"ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "4", "ACI_CPU": "24", "ACI_MEMORY_GB": "448"},
     ):
         load_settings(base_env(**overrides))
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"NOTIFY_QUEUE": "Bad_Queue!"}, "NOTIFY_QUEUE='bad_queue!' is not a valid queue name"),
+        ({"NOTIFY_WEBHOOK_URL": "http://hooks.example.com/x"}, "must be an https:// URL"),
+        (
+            {"NOTIFY_WEBHOOK_URL": "https://hooks.example.com/x"},
+            "NOTIFY_WEBHOOK_SECRET is required",
+        ),
+        (
+            {"NOTIFY_WEBHOOK_URL": "https://hooks.example.com/x", "NOTIFY_WEBHOOK_SECRET": "short"},
+            "NOTIFY_WEBHOOK_SECRET must be at least 16 characters",
+        ),
+        ({"NOTIFY_WEBHOOK_SECRET": "0123456789abcdef0"}, "NOTIFY_WEBHOOK_URL is not"),
+        ({"PRICE_VCPU_SECOND": "-1"}, "PRICE_VCPU_SECOND='-1' must be between 0 and 1"),
+        ({"PRICE_GPU_SECOND_V100": "cheap"}, "PRICE_GPU_SECOND_V100='cheap' is not a number"),
+        (
+            {
+                "STORAGE_CONNECTION_STRING": "BlobEndpoint=https://x.example/;SharedAccessSignature=sv=1",
+                "NOTIFY_QUEUE": "done",
+            },
+            "NOTIFY_QUEUE needs a QueueEndpoint",
+        ),
+    ],
+)
+def test_bad_notification_and_price_settings_are_named(extra: dict[str, str], needle: str) -> None:
+    assert any(needle in p for p in problems(base_env(**extra))), problems(base_env(**extra))
+
+
+def test_notification_targets_and_prices() -> None:
+    s = load_settings(
+        base_env(
+            NOTIFY_QUEUE="Batches-Finished",
+            NOTIFY_WEBHOOK_URL="http://127.0.0.1:8080/hook",  # plain http: loopback only
+            NOTIFY_WEBHOOK_SECRET="0123456789abcdef-secret",
+            PRICE_GB_SECOND="0.000002",
+        )
+    )
+    assert s.notify_targets == ("queue", "webhook") and s.notify_queue == "batches-finished"
+    assert s.price_gb_second == 0.000002 and s.price_vcpu_second == 0.0000113
+    assert "0123456789abcdef-secret" not in repr(s)
+    assert load_settings(base_env()).notify_targets == ()
+    env = base_env(NOTIFY_QUEUE="done")
+    env.pop("STORAGE_CONNECTION_STRING")
+    identity = load_settings(env | {"STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net"})
+    assert identity.queue_account_url == "https://acct.queue.core.windows.net"
+    local = env | {"STORAGE_ACCOUNT_URL": "http://127.0.0.1:10000/devstoreaccount1"}
+    assert any("cannot be derived" in p for p in problems(local))

@@ -67,6 +67,7 @@ def test_every_http_function_needs_a_key_and_avoids_reserved_routes() -> None:
         "ops_batch_log": "ops/batches/{batch}/logs/{attempt}",
         "ops_batch_retry": "ops/batches/{batch}/retry",
         "ops_now": "ops/now",
+        "ops_costs": "ops/costs",
         "ops_status": "ops/status",
         "ops_status_assets": "ops/status/assets/{name}",
     }

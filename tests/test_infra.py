@@ -80,10 +80,37 @@ def test_settings_as_bicep_sets_them_are_valid() -> None:
         "ACI_IDENTITY_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
         "ACI_REGISTRY_SERVER": "mlacr.azurecr.io",
         "ACI_SUBNET_ID": "/subscriptions/x/resourceGroups/rg-ml/providers/Microsoft.Network/virtualNetworks/v/subnets/aci",
+        "NOTIFY_QUEUE": "batches-finished",
+        "NOTIFY_WEBHOOK_URL": "https://hooks.example.com/model-launcher",
+        "NOTIFY_WEBHOOK_SECRET": "0123456789abcdef-from-a-secure-parameter",
     }
     assert set(sample) == (bicep_setting_names() - PLATFORM)
     settings = load_settings(sample)
     assert settings.identity_id and settings.storage_account_url
+    assert settings.queue_account_url == "https://mlacct.queue.core.windows.net"
+
+
+def test_the_notification_queue_is_optional_and_the_app_may_only_send_to_it() -> None:
+    queue, service = MAIN["notifyQueue"], MAIN["dataQueueService"]
+    assert queue.condition == service.condition == "hasNotifyQueue"
+    assert VARS["hasNotifyQueue"] == "!empty(notifyQueueName)"
+    assert prop(service.body, "parent") == "dataStorage"  # the data account, not the host's
+    assert prop(queue.body, "parent") == "dataQueueService"
+    role = MAIN["appNotifyQueue"]
+    assert role.condition == "hasNotifyQueue"
+    assert prop(role.body, "scope") == "notifyQueue"  # this queue only
+    assert "roles.storageQueueDataMessageSender" in prop(role.body, "roleDefinitionId")
+    # The built-in "Storage Queue Data Message Sender": add messages, nothing else.
+    assert "storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'" in VARS["roles"]
+    queue_roles = [
+        r
+        for r in MAIN.values()
+        if r.type.endswith("roleAssignments") and "Queue" in prop(r.body, "roleDefinitionId")
+    ]
+    assert [r.name for r in queue_roles] == ["appNotifyQueue"]
+    assert "@secure()" in decorators(BICEP, "notifyWebhookSecret")
+    assert PARAMS["notifyQueueName"] == PARAMS["notifyWebhookUrl"] == "string = ''"
+    assert "notifySettings" in prop(MAIN["functionApp"].body, "properties")
 
 
 def test_deploy_script_is_valid_bash() -> None:

@@ -8,6 +8,7 @@ against it. Each container runs as a local process. Development and tests only.
 Command line
 ------------
     python -m localdev.aci_emulator --port 0 --state-dir DIR --images localdev/images.json
+        [--state-file groups.json]
         [--resource-group GLOB]... [--authorization-failed] [--quota N|none] [--cores-quota N]
         [--creates-per-5-minutes N] [--creates-per-hour N] [--deletes-per-5-minutes N]
         [--deletes-per-hour N] [--group-limits JSON] [--provision-timeout-seconds S]
@@ -25,7 +26,10 @@ serving, kill every container process group, remove `emulator.json`. `DIR/emulat
 second emulator off the same state dir.
 Container output goes to `DIR/logs/<sub>/<rg>/<group>-<id>/<container>.log`; `DIR/pids/` lists live
 container processes (a later run, or `testing.Emulator.stop`, kills leftovers of a crashed run).
-State is in memory: a restarted emulator starts with no groups.
+State is in memory unless `--state-file FILE` (relative: to DIR) is given: then the groups are
+written there (atomically, on changes, never a secret) and reloaded on start as Azure shows them
+after an outage of their host (running containers Terminated with exit code 7148 and a Killing
+event); see `persist` and docs/emulator.md. `make run` uses `.localdev/aci/groups.json`.
 
 Any `Authorization: Bearer <anything>` is accepted; no header -> 401 `AuthenticationFailed`.
 

@@ -20,6 +20,7 @@ import trustme
 from localdev.aci_emulator.images import REPO_ROOT, load_image_map
 from localdev.aci_emulator.model import API_VERSION
 from localdev.aci_emulator.options import UNKNOWN_IMAGE_MODES, Options, OptionsStore
+from localdev.aci_emulator.persist import Persister
 from localdev.aci_emulator.processes import ProcessManager
 from localdev.aci_emulator.server import EmulatorServer
 from localdev.aci_emulator.store import Store
@@ -41,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--state-dir", type=Path, default=REPO_ROOT / ".localdev" / "aci")
     p.add_argument("--images", type=Path, default=REPO_ROOT / "localdev" / "images.json")
+    p.add_argument(
+        "--state-file",
+        type=Path,
+        default=None,
+        help="keep the container groups in this file across restarts (relative: to the state "
+        "dir; default: in memory only)",
+    )
     p.add_argument(
         "--quota",
         type=_int_or_none,
@@ -221,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("killed %s container process(es) left by an earlier run", leftovers)
     context, ca_path = tls_context(state_dir)
     options = OptionsStore(initial)
-    store = Store(options, images, processes, state_dir, tuple(args.pass_env))
+    persister = Persister(state_dir / args.state_file) if args.state_file else None
+    store = Store(options, images, processes, state_dir, tuple(args.pass_env), persister=persister)
     try:
         server = EmulatorServer(("127.0.0.1", args.port), store, options, initial, context)
     except OSError as exc:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from localdev.aci_emulator.model import bad_request
+
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 PullMode = Literal["ok", "fail", "inaccessible"]
@@ -48,6 +50,30 @@ class ImageMap:
 
     rules: tuple[ImageRule, ...]
     source: Path | None = None
+
+    def check(self, group: str, images: Sequence[str], unknown_image: str) -> str | None:
+        """Reject inaccessible images now (as ACI does at PUT time); return the pull-failure
+        message if an image is to fail asynchronously instead (`unknown_image`: reject |
+        pull-failure, for an image no rule matches)."""
+        failing = []
+        for image in images:
+            rule = self.resolve(image)
+            if (rule is None and unknown_image == "reject") or (
+                rule is not None and rule.pull == "inaccessible"
+            ):
+                raise bad_request(
+                    "InaccessibleImage",
+                    f"The image '{image}' in container group '{group}' is not accessible. "
+                    "Please check the image and registry credential.",
+                )
+            if rule is None or rule.pull == "fail":
+                failing.append(image)
+        if not failing:
+            return None
+        return (
+            f"Failed to pull image(s) {', '.join(repr(i) for i in failing)} for container group "
+            f"'{group}'."
+        )
 
     def resolve(self, image: str) -> ImageRule | None:
         """The rule for `image`, trying it as written and, without a tag or digest, with

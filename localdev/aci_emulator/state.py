@@ -155,6 +155,9 @@ class Group:
     events: list[Event] = field(default_factory=list)
     stopped: bool = False
     pending_kills: int = 0
+    # Reloaded from the state file, which never holds secrets (see `persist`): it cannot run
+    # its old spec again until a PUT brings the secure values back.
+    secrets_lost: bool = False
 
     @property
     def id(self) -> str:

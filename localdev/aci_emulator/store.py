@@ -26,6 +26,7 @@ from localdev.aci_emulator.model import (
     API_VERSION,
     RESOURCE_TYPE,
     ArmError,
+    ContainerSpec,
     GroupSpec,
     bad_request,
     check_resource_group,
@@ -39,6 +40,7 @@ from localdev.aci_emulator.model import (
     validate_group,
 )
 from localdev.aci_emulator.options import Options, OptionsStore
+from localdev.aci_emulator.persist import Persister, check_rerunnable
 from localdev.aci_emulator.processes import ProcessManager, base_environment, exit_code
 from localdev.aci_emulator.state import (
     MAX_BACKOFF_SECONDS,
@@ -72,6 +74,8 @@ class Store:
         processes: ProcessManager,
         state_dir: Path,
         pass_env: tuple[str, ...] = (),
+        *,
+        persister: Persister | None = None,
     ) -> None:
         self.options = options
         self.images = images
@@ -85,13 +89,21 @@ class Store:
         self._random = random.Random(options.snapshot().seed)
         self._stop = threading.Event()
         self._closed = False  # set at shutdown: no process may start after the final sweep
+        self.persister = persister  # None: the groups live in memory only
+        self.revision = 0  # bumped by every change worth persisting (`changed`)
         self._ticker = threading.Thread(target=self._tick_loop, name="aci-ticker", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
 
     def run_clock(self) -> None:
-        """Start the ticker thread that moves every group forward in time."""
+        """Reload persisted groups, then start the ticker that moves every group forward."""
+        if self.persister is not None:
+            self.persister.load(self)
         self._ticker.start()
+
+    def changed(self) -> None:
+        """A change the state file must get (callers hold the lock); the ticker writes it."""
+        self.revision += 1
 
     def shutdown(self) -> None:
         """Stop the clock and kill every container process (the emulator is going away)."""
@@ -100,6 +112,8 @@ class Store:
             self._ticker.join(5)
         with self.lock:
             self._closed = True
+            if self.persister is not None:  # as the groups are now, running containers included
+                self.persister.save(self, force=True)
             procs = [p for g in self.groups.values() for _, p in g.running()]
             self.groups.clear()
         self.processes.terminate(procs, grace=min(self.options.snapshot().kill_grace_seconds, 2.0))
@@ -113,6 +127,7 @@ class Store:
             self.groups.clear()
             self.operations.clear()
             self.budgets.reset()
+            self.changed()
         self.processes.terminate(procs, grace=self.options.snapshot().kill_grace_seconds)
         return count
 
@@ -128,19 +143,30 @@ class Store:
                             self._platform_kills(group, kill_rate * (now - last), now)
                         self._advance(group, now)
                     last = now
+                if self.persister is not None:
+                    self.persister.save(self)
             except Exception:  # the clock must keep going whatever one group does
                 logger.exception("ticker failed")
 
     def _platform_kills(self, group: Group, chance: float, now: float) -> None:
-        """ACI sometimes stops a container itself (host maintenance, repair): exit code 7147 or
-        7148 with the event "Killing container (platform initiated)" (`platform_kill_rate`)."""
+        """ACI sometimes stops a container itself (host maintenance, repair): `platform_kill_rate`."""
         for c in group.containers:
             if c.proc is None or c.platform_exit is not None or self._random.random() >= chance:
                 continue
-            c.platform_exit = self._random.choice(PLATFORM_EXIT_CODES)
-            add_event(c.events, now, "Killing", "Killing container (platform initiated)")
+            self.platform_kill(group, c, now, self._random.choice(PLATFORM_EXIT_CODES))
+
+    def platform_kill(self, group: Group, c: ContainerRun, now: float, code: int) -> None:
+        """The platform ends a running container: exit code 7147 or 7148 with the event "Killing
+        container (platform initiated)", then the restart policy applies. A live process is
+        killed (the ticker records the exit); one already gone (it died with an earlier
+        emulator, see `persist`) is recorded at once."""
+        c.platform_exit = code
+        add_event(c.events, now, "Killing", "Killing container (platform initiated)")
+        logger.info("%s: platform killed container %s", group.label, c.spec.name)
+        if c.proc is not None:
             self.processes.kill_now(c.proc)
-            logger.info("%s: platform killed container %s", group.label, c.spec.name)
+        else:
+            self._terminated(group, c, code, now)
 
     # ---------------------------------------------------------------- ARM operations
 
@@ -157,7 +183,9 @@ class Store:
         creates = (opts.creates_per_5_minutes, opts.creates_per_hour)
         old: list[subprocess.Popen[bytes]] = []
         with self.lock:
-            pull_failure = self._check_images(name, spec, opts)
+            pull_failure = self.images.check(
+                name, [c.image for c in spec.containers], opts.unknown_image
+            )
             now = time.time()
             key = (sub.lower(), rg.lower(), name.lower())
             group = self.groups.get(key)
@@ -185,6 +213,7 @@ class Store:
                 )
                 self._provision(group, spec, now, opts, pull_failure=pull_failure)
                 self.groups[key] = group
+                self.changed()
                 logger.info("created %s (generation %s)", group.label, group.generation)
                 headers = self._op_header(group, now, base) | budget
                 return Response(201, self._render(group, True), headers)
@@ -201,6 +230,7 @@ class Store:
             terminated = not group.provisioning and state in TERMINATED_STATES
             if not terminated and spec.comparable() == group.spec.comparable():
                 group.spec = dataclasses.replace(group.spec, tags=spec.tags)
+                self.changed()
                 headers = self._op_header(group, now, base)
                 headers |= self.budgets.headers(sub, spec.location, "create", creates, now)
                 return Response(200, self._render(group, True), headers)
@@ -229,6 +259,8 @@ class Store:
             self._provision(
                 group, spec, now, opts, pull_failure=pull_failure, keep_events=not terminated
             )
+            group.secrets_lost = False  # a PUT brings the whole spec, secure values included
+            self.changed()
             how = f"deployed as new (it was {state})" if terminated else "restarting in place"
             logger.info("redeploying %s (generation %s): %s", group.label, group.generation, how)
             headers = self._op_header(group, now, base) | budget
@@ -247,6 +279,7 @@ class Store:
         with self.lock:
             group = self._lookup(sub, rg, name)
             group.spec = dataclasses.replace(group.spec, tags=dict(tags))
+            self.changed()
             return Response(200, self._render(group, True))
 
     def get(self, sub: str, rg: str, name: str) -> Response:
@@ -267,6 +300,7 @@ class Store:
                 raise transitioning(name)
             budget = self.budgets.take(sub, group.spec.location, "delete", deletes, now)
             del self.groups[key]
+            self.changed()
             procs = [p for _, p in group.running()]
             body = self._render(group, True)
         self.processes.terminate(procs, grace=opts.kill_grace_seconds)
@@ -290,6 +324,7 @@ class Store:
                     add_event(c.events, now, "Killing", f"Stopping container {c.spec.name}")
             running = group.running()
             group.pending_kills += 1
+            self.changed()
         self._kill(group, [p for _, p in running], opts, record=running)
         logger.info("stopped %s", group.label)
         return Response(204)
@@ -303,6 +338,7 @@ class Store:
                 raise transitioning(name)
             if not group.stopped and self._group_state(group) == "Running":
                 return Response(204)
+            check_rerunnable(group)
             now = time.time()
             self._provision(
                 group, group.spec, now, opts, pull_failure=group.pull_failure, keep_events=True
@@ -315,6 +351,7 @@ class Store:
             group = self._lookup(sub, rg, name)
             if group.provisioning:
                 raise transitioning(name)
+            check_rerunnable(group)
             now = time.time()
             old = [p for _, p in group.running()]
             group.pending_kills += 1
@@ -460,26 +497,6 @@ class Store:
         self._advance(group, time.time())
         return group
 
-    def _check_images(self, name: str, spec: GroupSpec, opts: Options) -> str | None:
-        """Reject inaccessible images now (as ACI does at PUT time); return the pull-failure
-        message if a container's image is to fail asynchronously instead."""
-        failing = []
-        for c in spec.containers:
-            rule = self.images.resolve(c.image)
-            if (rule is None and opts.unknown_image == "reject") or (
-                rule is not None and rule.pull == "inaccessible"
-            ):
-                raise bad_request(
-                    "InaccessibleImage",
-                    f"The image '{c.image}' in container group '{name}' is not accessible. "
-                    "Please check the image and registry credential.",
-                )
-            if rule is None or rule.pull == "fail":
-                failing.append(c.image)
-        if not failing:
-            return None
-        return f"Failed to pull image(s) {', '.join(repr(i) for i in failing)} for container group '{name}'."
-
     def _op_header(self, group: Group, now: float, base: str) -> dict[str, str]:
         op = Operation(
             id=str(uuid.uuid4()),
@@ -527,6 +544,7 @@ class Store:
         group.next_pull = None
         group.pull_backoff = 0.0
         group.events = []
+        self.changed()
         suffix = f"-{group.deployment}" if group.deployment > 1 else ""
         log_dir = (
             self.log_dir
@@ -536,21 +554,7 @@ class Store:
         )
         runs = []
         for c in spec.containers:
-            rule = self.images.resolve(c.image)
-            env = dict(self.base_env)
-            if rule is not None:
-                env.update(rule.env)
-            env.update(c.env)
-            runs.append(
-                ContainerRun(
-                    spec=c,
-                    argv=rule.argv(c.command) if rule is not None else [],
-                    cwd=rule.cwd if rule is not None else Path.cwd(),
-                    env=env,
-                    log_path=log_dir / f"{c.name}.log",
-                    pull_fails=rule is None or rule.pull == "fail",
-                )
-            )
+            runs.append(self.container_run(c, log_dir / f"{c.name}.log"))
             before = old.get(c.name)
             if before is not None:
                 runs[-1].events = list(before.events)
@@ -558,9 +562,26 @@ class Store:
                 runs[-1].started_once = before.started_once
         group.containers = runs
 
+    def container_run(self, c: ContainerSpec, log_path: Path) -> ContainerRun:
+        """A container's run as its image rule says (command, folder, environment)."""
+        rule = self.images.resolve(c.image)
+        env = dict(self.base_env)
+        if rule is not None:
+            env.update(rule.env)
+        env.update(c.env)
+        return ContainerRun(
+            spec=c,
+            argv=rule.argv(c.command) if rule is not None else [],
+            cwd=rule.cwd if rule is not None else Path.cwd(),
+            env=env,
+            log_path=log_path,
+            pull_fails=rule is None or rule.pull == "fail",
+        )
+
     def _advance(self, group: Group, now: float) -> None:
         if group.provisioning_state == "Pending" and now >= group.creating_at:
             group.provisioning_state = "Creating"
+            self.changed()
             for c in group.containers:
                 c.state, c.detail, c.previous = "Waiting", "", None
                 add_event(c.events, now, "Pulling", f'pulling image "{c.spec.image}"')
@@ -571,6 +592,7 @@ class Store:
             and not group.pull_failure
         ):
             group.provisioning_state = "Succeeded"
+            self.changed()
             for c in group.containers:
                 add_event(c.events, now, "Pulled", f'Successfully pulled image "{c.spec.image}"')
                 add_event(c.events, now, "Created", "Created container")
@@ -600,6 +622,7 @@ class Store:
         base = self.options.snapshot().restart_backoff_seconds
         group.pull_backoff = min(MAX_BACKOFF_SECONDS, group.pull_backoff * 2 or base)
         group.next_pull = now + group.pull_backoff
+        self.changed()
         if group.provisioning_state == "Creating" and now >= group.timeout_at:
             group.provisioning_state = "Failed"
             logger.info("%s: image pull still failing (provisioningState Failed)", group.label)
@@ -628,7 +651,7 @@ class Store:
             c.restart_count += 1
         c.restart_at = None
         if not c.argv:
-            self._start_failed(
+            self.start_failed(
                 group,
                 c,
                 now,
@@ -640,7 +663,7 @@ class Store:
         try:
             proc = self.processes.spawn(c.argv, c.cwd, c.env, c.log_path)
         except OSError as exc:
-            self._start_failed(
+            self.start_failed(
                 group,
                 c,
                 now,
@@ -654,12 +677,14 @@ class Store:
         c.start, c.finish, c.exit_code = now, None, None
         c.started_once = True
         add_event(c.events, now, "Started", "Started container")
+        self.changed()
         logger.info("%s: container %s started (pid %s)", group.label, c.spec.name, proc.pid)
 
-    def _start_failed(
+    def start_failed(
         self, group: Group, c: ContainerRun, now: float, code: int, message: str
     ) -> None:
         add_event(c.events, now, "Failed", message, "Warning")
+        self.changed()
         c.state, c.detail, c.exit_code = "Terminated", "Error", code
         c.start = c.finish = now
         c.started_once = True
@@ -679,16 +704,25 @@ class Store:
         c.proc = None
         self.processes.reaped(proc)
         code = exit_code(returncode) if c.platform_exit is None else c.platform_exit
+        self._terminated(group, c, code, now)
+
+    def _terminated(self, group: Group, c: ContainerRun, code: int, now: float) -> None:
         c.platform_exit = None
         c.state, c.exit_code, c.finish = "Terminated", code, now
         c.detail = "Completed" if code == 0 else "Error"
         logger.info("%s: container %s exited with %s", group.label, c.spec.name, code)
+        self.changed()
         self._after_exit(group, c, now)
 
     def _after_exit(self, group: Group, c: ContainerRun, now: float) -> None:
         """Apply the restart policy: Never keeps Terminated; OnFailure/Always back off and rerun."""
         policy = group.spec.restart_policy
         if group.stopped or policy == "Never" or (policy == "OnFailure" and c.exit_code == 0):
+            return
+        if group.secrets_lost:  # reloaded without its secure values: it cannot run as it was
+            logger.warning(
+                "%s: not restarting %s (secrets not persisted)", group.label, c.spec.name
+            )
             return
         base = self.options.snapshot().restart_backoff_seconds
         ran = (c.finish or now) - (c.start or now)

@@ -72,6 +72,13 @@ BAD_VALUES: dict[str, list[str | None]] = {
     "ACI_LOG_ANALYTICS_WORKSPACE_KEY": ["key-without-workspace"],
     "INDEX_PREFIX": ["a//b/", "locks/"],
     "STALL_ALARM_MINUTES": ["0", "x", "nan"],
+    "NOTIFY_QUEUE": ["Bad_Queue!", "a--b"],
+    # Plain http to a non-loopback host (the secret missing is named too).
+    "NOTIFY_WEBHOOK_URL": ["http://hooks.example.com/x"],
+    "NOTIFY_WEBHOOK_SECRET": ["secret-without-a-url"],
+    "PRICE_VCPU_SECOND": ["-1", "x", "nan"],
+    "PRICE_GB_SECOND": ["2", "x"],
+    "PRICE_GPU_SECOND_V100": ["-0.1", "x"],
 }
 # Cases that need more than one variable: (setting named in the message, variables to set,
 # variables to remove).
