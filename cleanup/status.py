@@ -19,8 +19,8 @@ from cleanup import alarm, history
 from cleanup.admin import BadRequest, Reply, _clients, _guard, _only, retry_failed
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import LOGS_DIR, Manifest, State, iso
-from launcher.claim import scan
 from launcher.clients import Clients
+from launcher.intake import scan
 from launcher.launch import CONTAINER_NAME
 from launcher.poll import CREATE_WINDOW_SECONDS
 

@@ -387,11 +387,6 @@ class Sweep:
         target_folder = store.folder(manifest.batch_id, target_prefix)
         manifest_path = store.path(manifest.batch_id)
         discarded = {source_folder + name for name in manifest.discarded}
-        names = [
-            b.name
-            for b in self.clients.container.list_blobs(name_starts_with=source_folder)
-            if b.name != manifest_path
-        ]
 
         def move(name: str) -> bool:
             if name in discarded:  # a copy of a file the claim dropped: not part of the batch
@@ -400,8 +395,15 @@ class Sweep:
                 self.clients.container, name, target_folder + name[len(source_folder) :]
             )
 
-        results = self.clients.runner.map(move, names)
-        failures = [r for r in results if isinstance(r, BaseException)]
+        # Page by page: a batch of any size costs one page of listing in memory.
+        failures: list[BaseException] = []
+        pages = self.clients.container.list_blobs(
+            name_starts_with=source_folder, results_per_page=launcher_poll.LIST_PAGE_SIZE
+        ).by_page()
+        for page in pages:
+            names = [b.name for b in page if b.name != manifest_path]
+            results = self.clients.runner.map(move, names)
+            failures += [r for r in results if isinstance(r, BaseException)]
         if failures:
             self.report.errors.append(
                 f"batch {manifest.batch_id}: {len(failures)} blob(s) not moved yet: {failures[0]}"

@@ -23,19 +23,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from enum import Enum
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.storage.blob import BlobProperties
 
-from config import Settings
 from launcher import telemetry
 from launcher.batch import (
-    RETRY_OF_METADATA,
     FileEntry,
     Manifest,
     ManifestConflict,
@@ -53,135 +47,14 @@ from launcher.blobs import (
     is_refusal,
 )
 from launcher.clients import Clients
+from launcher.intake import Plan, Scan, plan_batches, scan
+
+# Listing and planning live in launcher.intake; these names stay importable from here.
+__all__ = ["ClaimResult", "Plan", "Scan", "claim", "plan_batches", "resolve_claiming", "scan"]
 
 logger = logging.getLogger(__name__)
 # User file names go into log lines with %r: a name may hold newlines or control characters,
 # which must not forge or split log lines.
-
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    relative: str
-    etag: str
-    size: int
-    last_modified: datetime
-    retry_of: str | None = None  # metadata mlretryof: put back by `cleanup retry` of that batch
-
-
-@dataclass
-class Plan:
-    files: list[Candidate]
-    folder: str | None = None
-
-
-@dataclass
-class Scan:
-    claimable: list[Candidate] = field(default_factory=list)
-    unsettled: int = 0
-    markers: int = 0
-    waiting_folders: list[str] = field(default_factory=list)
-    blocked: dict[str, str] = field(default_factory=dict)  # name -> why storage will not move it
-
-
-def is_folder_marker(blob: BlobProperties) -> bool:
-    """Zero-byte 'directory' blobs made by tools and by hierarchical-namespace accounts."""
-    meta = blob.metadata or {}
-    return blob.name.endswith("/") or meta.get("hdi_isfolder", "").lower() == "true"
-
-
-def blocked_reason(blob: BlobProperties) -> str | None:
-    """Why storage would refuse to move this blob, as the listing already shows: an archived
-    (or rehydrating) blob cannot be copied, and one leased by somebody else cannot be deleted.
-    Such files are left alone instead of being tried, and failing, on every tick, which also
-    keeps a tick that finds nothing else idle (one request)."""
-    if str(blob.blob_tier or "").lower() == "archive":
-        return "archive tier"
-    if str(blob.lease.state or "").lower() in ("leased", "breaking"):
-        return "leased by somebody else"
-    return None
-
-
-def scan(settings: Settings, blobs: Iterable[BlobProperties], now: datetime) -> Scan:
-    """Sort a listing of incoming/ into what may be claimed now and what must wait."""
-    result = Scan()
-    settle = timedelta(seconds=settings.batch_settle_seconds)
-    prefix = settings.incoming_prefix
-    by_folder: dict[str, list[tuple[Candidate, bool]]] = defaultdict(list)
-    loose: list[tuple[Candidate, bool]] = []
-    for blob in blobs:
-        if is_folder_marker(blob):
-            result.markers += 1
-            continue
-        why = blocked_reason(blob)
-        if why is not None:
-            result.blocked[blob.name] = why
-            continue
-        relative = blob.name[len(prefix) :]
-        cand = Candidate(
-            blob.name,
-            relative,
-            str(blob.etag),
-            int(blob.size),
-            blob.last_modified,
-            (blob.metadata or {}).get(RETRY_OF_METADATA),
-        )
-        settled = blob.last_modified <= now - settle
-        if not settled:
-            result.unsettled += 1
-        if settings.batch_mode == "folder" and "/" in relative:
-            by_folder[relative.split("/", 1)[0]].append((cand, settled))
-        else:
-            loose.append((cand, settled))
-    result.claimable += [c for c, ok in loose if ok]
-    marker = settings.batch_ready_marker
-    for folder, items in by_folder.items():
-        ready = all(ok for _, ok in items) and (
-            marker is None or any(c.relative == f"{folder}/{marker}" for c, _ in items)
-        )
-        if ready:
-            result.claimable += [c for c, _ in items]
-        else:
-            result.waiting_folders.append(folder)
-    return result
-
-
-def plan_batches(settings: Settings, claimable: list[Candidate], limit: int) -> list[Plan]:
-    """Group claimable files into at most `limit` batches.
-
-    tick mode: files in name order, cut at BATCH_MAX_FILES / BATCH_MAX_BYTES (a file larger than
-    the byte cap travels alone). folder mode: one batch per top-level folder, whole (caps do not
-    split a folder); a loose file directly under incoming/ is a batch of its own.
-    """
-    plans: list[Plan] = []
-    if limit <= 0:
-        return plans
-    ordered = sorted(claimable, key=lambda c: c.name)
-    if settings.batch_mode == "folder":
-        folders: dict[str, list[Candidate]] = defaultdict(list)
-        for c in ordered:
-            if "/" in c.relative:
-                folders[c.relative.split("/", 1)[0]].append(c)
-            else:
-                plans.append(Plan([c]))
-        plans += [Plan(files, folder) for folder, files in folders.items()]
-        plans.sort(key=lambda p: p.files[0].name)
-        return plans[:limit]
-    current: list[Candidate] = []
-    size = 0
-    for c in ordered:
-        if current and (
-            len(current) >= settings.batch_max_files or size + c.size > settings.batch_max_bytes
-        ):
-            plans.append(Plan(current))
-            if len(plans) >= limit:
-                return plans
-            current, size = [], 0
-        current.append(c)
-        size += c.size
-    if current:
-        plans.append(Plan(current))
-    return plans[:limit]
 
 
 class FileClaim(Enum):

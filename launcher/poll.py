@@ -1,9 +1,31 @@
-"""One poll tick: list incoming/, and only if something can be claimed, take the poll lease,
-recover what earlier ticks left behind, claim new batches and launch them.
+"""One poll tick: read incoming/ as a stream, and only once something can be claimed, take the
+poll lease, recover what earlier ticks left behind, claim new batches and launch them.
 
-Cost: an idle tick (nothing claimable) is exactly one List Blobs request: no lease, no writes, no
-ARM call. Recovery of batches left `claiming`/`claimed` therefore happens on the next busy tick or
-when the janitor hands them back (`recover`), which the janitor does on every sweep that sees one.
+A tick's memory and requests grow with what it claims, never with what waits:
+- incoming/ is listed page by page in name order (a first page of `FIRST_PAGE_SIZE` names,
+  then pages of `LIST_PAGE_SIZE`: the SDK parses a page whole, so the first claim does not wait
+  on parsing 5,000 names) and each entry goes through `launcher.intake.Intake`, which hands
+  back claimable units as soon as they are known (a settled file; in folder mode a whole ready
+  folder once the listing passes its prefix) and keeps only counts and the first names of what
+  waits (blocked, settling, folders without their marker). Pages are read, without the lease,
+  for as long as nothing claimable has turned up: files at the front that cannot be claimed
+  never starve those behind them.
+- At the first claimable file the tick reads the remembered refusals (once), takes the lease
+  and lists our container groups (one ARM request): that gives the room (MAX_ACTIVE_GROUPS, the
+  create budget, MAX_BATCHES_PER_TICK). With no room it stops there: one page, the refusals
+  read, the lease and one ARM list, whatever the backlog. Otherwise it lists processing/,
+  recovers, learns which files unfinished claims hold, and goes on streaming: each batch is
+  claimed (on its own thread) as soon as `Planner` has cut it, and the listing stops as soon
+  as the tick has as many batches as its room, or ends. So a tick reads no further than the
+  batches it claims, plus the waiting files in front of them.
+- A backlog drains in name order (users who want oldest-first prefix names with a timestamp).
+  A folder larger than the caps is one batch of its own, claimed whole: the tick then holds
+  that folder's entries, which is what it claims.
+
+Cost: an idle tick (nothing claimable) is one List Blobs request while everything waiting fits
+in the first page (1,000 names; one more request per 5,000 beyond): no lease, no writes, no ARM
+call. Recovery of batches left `claiming`/`claimed` happens on the next busy tick with room, or
+when the janitor hands them back (`recover`), which it does on every sweep that sees one.
 """
 
 from __future__ import annotations
@@ -11,11 +33,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
+from azure.core.paging import ItemPaged
 from azure.storage.blob import BlobProperties
 
 from launcher import telemetry
@@ -29,8 +55,9 @@ from launcher.batch import (
     State,
 )
 from launcher.blobs import LeaseLock
-from launcher.claim import Plan, Scan, claim, plan_batches, resolve_claiming, scan
+from launcher.claim import claim, resolve_claiming
 from launcher.clients import Clients
+from launcher.intake import Candidate, Intake, Plan, Planner
 from launcher.launch import SPEC_FRESH_SECONDS, LaunchResult, launch_batch
 from launcher.refusals import REFUSALS_BLOB, Refusals
 
@@ -41,6 +68,10 @@ CREATE_WINDOW_SECONDS = 300
 # first served, so the first batch still finishes first; the others' manifest writes and
 # launches overlap its copies instead of waiting behind them.
 BATCH_CONCURRENCY = 4
+# Names per List Blobs page of incoming/ (the service's maximum is 5,000; tests lower it), and
+# of its first page, kept small so that the first claim does not wait on parsing 5,000 names.
+LIST_PAGE_SIZE = 5000
+FIRST_PAGE_SIZE = 1000
 
 
 @dataclass
@@ -50,12 +81,16 @@ class TickReport:
     idle: bool = False
     lease_busy: bool = False
     lease_lost: bool = False
-    listed: int = 0
+    listed: int = 0  # entries of incoming/ this tick read (it stops once it has its batches)
+    list_pages: int = 0
+    listing_complete: bool = False  # read to its end
     claimable: int = 0
     unsettled: int = 0
     folder_markers: int = 0
-    waiting_folders: list[str] = field(default_factory=list)
-    blocked: dict[str, str] = field(default_factory=dict)
+    waiting_folders: list[str] = field(default_factory=list)  # the first launcher.intake.SAMPLE
+    waiting_folders_total: int = 0
+    blocked: dict[str, str] = field(default_factory=dict)  # the first SAMPLE: name -> why
+    blocked_total: int = 0
     held_for_recovery: int = 0  # claimable files listed by an unfinished claim: they wait for it
     active_groups: int | None = None
     room: int | None = None
@@ -256,148 +291,277 @@ def _claim_and_launch(
     launcher.launch(result.manifest, result.etag, confirm=False)
 
 
-def _locked_tick(
-    clients: Clients,
-    lease: LeaseLock,
-    found: Scan | None,
-    report: TickReport,
-    refusals: Refusals | None = None,
-) -> None:
-    # The two listings the tick needs are independent: take them at once.
-    groups_future = clients.runner.submit(clients.hook.list_groups)
+def _settle_earlier_batches(
+    clients: Clients, launcher: _Launcher, report: TickReport
+) -> list[BatchRef]:
+    """List processing/ (one page per 5,000 blobs, per-batch summaries kept), quarantine what
+    cannot be read, and recover what earlier ticks left `claiming` or `claimed`."""
     refs, quarantined = clients.store.triage(clients.store.list_refs())
     for q in quarantined:
         report.quarantine(q)
-    launcher = _Launcher(clients, lease, report, groups_future.result())
     _recover(clients, launcher, refs)
-    if found is None:
-        return
-    claimable = found.claimable
-    held = _in_open_claims(clients, refs, report)
-    if held:
-        # ETags compared without quotes: listings give them bare, property reads quoted.
-        claimable = [c for c in claimable if (c.name, c.etag.strip('"')) not in held]
-        report.held_for_recovery = len(found.claimable) - len(claimable)
+    return refs
+
+
+class _Tick:
+    """One poll tick's state while it streams incoming/ (see the module docstring)."""
+
+    def __init__(self, clients: Clients, report: TickReport, stack: ExitStack) -> None:
+        self.clients = clients
+        self.s = clients.settings
+        self.report = report
+        self.stack = stack
+        self.intake: Intake | None = None
+        self.planner = Planner(self.s)
+        self.refusals: Refusals | None = None
+        self.seen: dict[str, str] = {}  # remembered refusals as listed: name -> etag
+        self.pruned_from: str | None = None  # first name listed after the refusals were read
+        self.lease: LeaseLock | None = None
+        self.launcher: _Launcher | None = None
+        self.gate: _BatchGate | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.futures: list[Future[None]] = []
+        self.held: set[tuple[str, str]] = set()
+        self.room = 0  # batches this tick may still start
+        self.stopped = False  # stopped listing before its end
+
+    def run(self) -> None:
+        for page in self._pages():
+            self.report.list_pages += 1
+            # Storage's clock, learned from this listing's own response: a host clock ahead
+            # would claim folders still being uploaded (see launcher.clock).
+            intake = self.intake or self._start_intake()
+            for blob in page:
+                if not self._take(intake.feed(blob)):
+                    self.stopped = True
+                    return
+                if self.refusals is not None and blob.name in self.refusals.entries:
+                    self.seen[blob.name] = str(blob.etag)
+        intake = self.intake or self._start_intake()
+        if not self._take(intake.end()):
+            self.stopped = True
+            return
+        if self.pool is not None and self.room > 0:
+            for plan in self.planner.flush()[: self.room]:
+                self._submit(plan)
+
+    def _pages(self) -> Iterator[Iterator[BlobProperties]]:
+        """incoming/ in name order: a first page of FIRST_PAGE_SIZE names, then pages of
+        LIST_PAGE_SIZE. The SDK parses a page whole, about 0.25 ms of CPU a name, so a small
+        first page lets the first claim start early whatever waits behind it."""
+
+        def listing(size: int) -> ItemPaged[BlobProperties]:
+            return self.clients.container.list_blobs(
+                name_starts_with=self.s.incoming_prefix, include=["metadata"], results_per_page=size
+            )
+
+        first = listing(min(FIRST_PAGE_SIZE, LIST_PAGE_SIZE)).by_page()
+        for page in first:
+            yield page
+            break
+        token = getattr(first, "continuation_token", None)  # a PageIterator's, once it paged
+        if token:
+            yield from listing(LIST_PAGE_SIZE).by_page(continuation_token=token)
+
+    def _start_intake(self) -> Intake:
+        self.intake = Intake(
+            self.s, self.clients.clock.now(), self._marker_exists, head_after=LIST_PAGE_SIZE
+        )
+        return self.intake
+
+    def _marker_exists(self, name: str) -> bool:
+        try:
+            self.clients.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def _take(self, units: list[Plan]) -> bool:
+        """Offer claimable units; False once the tick has all it may claim (or must stop)."""
+        return all(self._offer(unit) for unit in units)
+
+    def _offer(self, unit: Plan) -> bool:
+        assert self.intake is not None
+        files = self._not_refused(unit.files)
+        if not files:
+            return True
+        self.report.claimable += len(files)
+        if self.lease is None and not self._take_lease():
+            return False
+        if self.held:
+            kept = [c for c in files if (c.name, c.etag.strip('"')) not in self.held]
+            self.report.held_for_recovery += len(files) - len(kept)
+            files = kept
+        for plan in self.planner.add(Plan(files, unit.folder)):
+            self._submit(plan)
+            if self.room <= 0:
+                return False
+        return self.lease is not None and not self.lease.lost
+
+    def _not_refused(self, files: list[Candidate]) -> list[Candidate]:
+        """Files storage keeps refusing to move go to `blocked` (see launcher.refusals). The
+        remembered refusals are read once, at the first claimable file: an idle tick stays one
+        List Blobs request."""
+        assert self.intake is not None
+        if self.refusals is None:
+            self.refusals = Refusals(self.clients.container, self.s.lock_prefix + REFUSALS_BLOB)
+            self.refusals.load()
+            self.pruned_from = self.intake.last_name
+            self.seen = {c.name: c.etag for c in files if c.name in self.refusals.entries}
+        if not self.refusals.entries:
+            return files
+        now = self.clients.clock.now()
+        keep = []
+        for c in files:
+            why = self.refusals.reason(c.name, c.etag, now)
+            if why is None:
+                keep.append(c)
+            else:
+                self.intake.block(c.name, why)
+        return keep
+
+    def _take_lease(self) -> bool:
+        """Take the poll lease, find the room for launches (one ARM list), and only with room,
+        recover earlier batches and learn which files their open claims hold. False: the tick
+        claims nothing and stops listing."""
+        clients, report = self.clients, self.report
+        lease = LeaseLock(clients.container, self.s.poll_lock_blob, self.s.lease_seconds)
+        if not lease.try_acquire():
+            report.lease_busy = True
+            logger.info("another poll holds the lease on %s: skipping this tick", lease.name)
+            return False
+        self.stack.enter_context(lease)
+        self.lease = lease
+        self.stack.callback(self._save_refusals)
+        launcher = _Launcher(clients, lease, report, clients.hook.list_groups())
+        self.launcher = launcher
+        if launcher.room <= 0:
+            # Nothing may be launched: no processing/ listing, no recovery (the janitor hands
+            # stuck claims back on its sweeps) and no more of incoming/.
+            logger.info("poll: no room for a launch (%s groups exist)", report.active_groups)
+            return False
+        refs = _settle_earlier_batches(clients, launcher, report)
+        self.room = launcher.room
+        if self.room <= 0 or lease.lost:
+            return False
+        self.held = _in_open_claims(clients, refs, report)
+        self.gate = _BatchGate(lease, report)
+        # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so
+        # running it there could starve that pool. Shut down (every batch waited for) before
+        # the lease is released.
+        self.pool = self.stack.enter_context(
+            ThreadPoolExecutor(
+                max_workers=min(self.room, BATCH_CONCURRENCY), thread_name_prefix="ml-batch"
+            )
+        )
+        return True
+
+    def _submit(self, plan: Plan) -> None:
+        assert self.pool is not None and self.gate is not None and self.launcher is not None
+        self.room -= 1
+        self.futures.append(
+            self.pool.submit(
+                _claim_and_launch, self.clients, self.gate, self.launcher, plan, self.report
+            )
+        )
+
+    def _save_refusals(self) -> None:
+        """Under the lease, once every batch has ended: remember this tick's refusals and
+        forget those the listing showed gone or changed, within the names it listed."""
+        assert self.intake is not None and self.lease is not None
+        refusals, refused = self.refusals, self.gate.refused if self.gate else {}
+        if refusals is None or self.lease.lost:
+            return
+        refusals.prune(self.seen, self.pruned_from, self.intake.last_name if self.stopped else None)
+        if refused:
+            refusals.record(refused, self.clients.clock.now())
+            for name, (_etag, code) in refused.items():
+                self.intake.block(name, f"storage refused to move it ({code})")
+        refusals.save()
+
+    def errors(self) -> list[BaseException]:
+        return [e for e in (f.exception() for f in self.futures) if e is not None]
+
+
+@telemetry.traced_tick
+def poll(clients: Clients) -> TickReport:
+    """Run one poll tick (see the module docstring)."""
+    started = time.monotonic()
+    report = TickReport()
+    with ExitStack() as stack:
+        tick = _Tick(clients, report, stack)
+        try:
+            tick.run()
+        finally:
+            report.listing_complete = not tick.stopped
+    # The lease (if taken) is released and every batch has ended.
+    errors = tick.errors()
+    if tick.lease is not None:
+        report.lease_lost = report.lease_lost or tick.lease.lost
+    report.claimed.sort(key=lambda c: str(c["batch"]))
+    report.launched.sort(key=lambda x: str(x["batch_id"]))
+    _report_listing(report, tick.intake)
+    if errors:
+        raise errors[0]
+    report.duration_seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _report_listing(report: TickReport, intake: Intake | None) -> None:
+    """What the listing showed (counts whole, names sampled), in the report and the log."""
+    if intake is not None:
+        report.listed = intake.listed
+        report.unsettled = intake.unsettled
+        report.folder_markers = intake.markers
+        report.waiting_folders = intake.waiting_folders
+        report.waiting_folders_total = intake.waiting_total
+        report.blocked = intake.blocked
+        report.blocked_total = intake.blocked_total
+    if report.blocked:
+        names = sorted(report.blocked)
+        logger.warning(
+            "%s file(s) in incoming/ cannot be claimed until that changes, left in place: %s",
+            report.blocked_total,
+            "; ".join(f"{n!r} ({report.blocked[n]})" for n in names[:5])
+            + (f"; and {report.blocked_total - 5} more" if report.blocked_total > 5 else ""),
+        )
     if report.held_for_recovery:
         logger.warning(
             "%s file(s) in incoming/ are listed by unfinished claims: left for their recovery "
             "(after STUCK_CLAIM_SECONDS)",
             report.held_for_recovery,
         )
-    plans = plan_batches(clients.settings, claimable, launcher.room)
-    if not plans:
-        return
-    # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so running
-    # it there could starve that pool.
-    workers = min(len(plans), BATCH_CONCURRENCY)
-    gate = _BatchGate(lease, report)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ml-batch") as pool:
-        futures: list[Future[None]] = [
-            pool.submit(_claim_and_launch, clients, gate, launcher, plan, report) for plan in plans
-        ]
-        errors = [f.exception() for f in futures]
-    report.claimed.sort(key=lambda c: str(c["batch"]))
-    report.launched.sort(key=lambda x: str(x["batch_id"]))
-    if refusals is not None and gate.refused:
-        refusals.record(gate.refused, clients.clock.now())
-        for name, (_etag, code) in gate.refused.items():
-            report.blocked[name] = f"storage refused to move it ({code})"
-    for exc in errors:
-        if exc is not None:
-            raise exc
-
-
-def _with_lease(
-    clients: Clients, report: TickReport, found: Scan | None, refusals: Refusals | None = None
-) -> TickReport:
-    lease = LeaseLock(
-        clients.container, clients.settings.poll_lock_blob, clients.settings.lease_seconds
-    )
-    if not lease.try_acquire():
-        report.lease_busy = True
-        logger.info("another poll holds the lease on %s: skipping this tick", lease.name)
-        return report
-    with lease:
-        try:
-            _locked_tick(clients, lease, found, report, refusals)
-        finally:
-            if refusals is not None and not lease.lost:
-                refusals.save()
-    # After the release, which also finds a lease lost since the last renewal.
-    report.lease_lost = report.lease_lost or lease.lost
-    return report
-
-
-@telemetry.traced_tick
-def poll(clients: Clients) -> TickReport:
-    """Run one poll tick."""
-    started = time.monotonic()
-    s = clients.settings
-    report = TickReport()
-    listing = list(
-        clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
-    )
-    # Storage's clock (learned from the listing's own response): a host clock ahead would
-    # claim folders still being uploaded (see launcher.clock).
-    found = scan(s, listing, clients.clock.now())
-    refusals = _remembered_refusals(clients, found, listing) if found.claimable else None
-    report.listed = len(listing)
-    report.claimable = len(found.claimable)
-    report.unsettled = found.unsettled
-    report.folder_markers = found.markers
-    report.waiting_folders = found.waiting_folders
-    report.blocked = found.blocked
-    if found.blocked:
-        names = sorted(found.blocked)
-        logger.warning(
-            "%s file(s) in incoming/ cannot be claimed until that changes, left in place: %s",
-            len(names),
-            "; ".join(f"{n!r} ({found.blocked[n]})" for n in names[:5])
-            + (f"; and {len(names) - 5} more" if len(names) > 5 else ""),
-        )
-    if not found.claimable:
-        report.idle = True
+    report.idle = report.claimable == 0
+    if report.idle:
         logger.info(
             "poll: nothing to claim (%s listed, %s settling, %s folders waiting)",
             report.listed,
-            found.unsettled,
-            len(found.waiting_folders),
+            report.unsettled,
+            report.waiting_folders_total,
         )
     else:
-        _with_lease(clients, report, found, refusals)
         logger.info(
             "poll: claimed %s batch(es), launched %s, %s error(s)",
             len(report.claimed),
             sum(1 for x in report.launched if x["launched"]),
             len(report.errors),
         )
-    report.duration_seconds = round(time.monotonic() - started, 3)
-    return report
-
-
-def _remembered_refusals(clients: Clients, found: Scan, listing: list[BlobProperties]) -> Refusals:
-    """Read the remembered refusals (one request, busy ticks only) and move the claimable
-    files storage keeps refusing to `blocked`, so they cost no copy (see launcher.refusals)."""
-    s = clients.settings
-    refusals = Refusals(clients.container, s.lock_prefix + REFUSALS_BLOB).load()
-    if not refusals.entries:
-        return refusals
-    refusals.prune({b.name: str(b.etag) for b in listing})
-    now = clients.clock.now()
-    keep = []
-    for c in found.claimable:
-        why = refusals.reason(c.name, c.etag, now)
-        if why is None:
-            keep.append(c)
-        else:
-            found.blocked[c.name] = why
-    found.claimable = keep
-    return refusals
 
 
 def recover(clients: Clients) -> TickReport:
     """Recovery and launch of waiting batches only (the janitor's hand-back to launch)."""
     started = time.monotonic()
-    report = _with_lease(clients, TickReport(), None)
+    report = TickReport()
+    lease = LeaseLock(
+        clients.container, clients.settings.poll_lock_blob, clients.settings.lease_seconds
+    )
+    if not lease.try_acquire():
+        report.lease_busy = True
+        logger.info("another poll holds the lease on %s: skipping the hand-back", lease.name)
+    else:
+        with lease:
+            launcher = _Launcher(clients, lease, report, clients.hook.list_groups())
+            _settle_earlier_batches(clients, launcher, report)
+        report.lease_lost = report.lease_lost or lease.lost
     report.duration_seconds = round(time.monotonic() - started, 3)
     return report

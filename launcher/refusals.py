@@ -10,7 +10,9 @@ permission or a lifted hold leaves no trace in the listing.
 
 Cost: read only on a tick that found something claimable (an idle tick stays one List Blobs;
 a tick whose only claimable files are remembered refusals costs the listing and this read, and
-takes no lease); written only when it changed, under the poll lease, conditionally (a lost race
+takes no lease; it is read at the first claimable file of the listing, which the tick reads
+no further than its batches need, so only the names it listed are pruned); written only when it
+changed, under the poll lease, conditionally (a lost race
 just means the next tick records it again). Leases held by somebody else and the archive tier
 are not remembered here: the listing itself shows them (`claim.blocked_reason`).
 """
@@ -104,10 +106,19 @@ class Refusals:
             self.entries[name] = {"etag": _bare(etag), "code": code, "at": iso(now) or ""}
             self.changed = True
 
-    def prune(self, listed: dict[str, str]) -> None:
-        """Forget files that are gone or changed (`listed`: name -> etag of a full listing)."""
+    def prune(
+        self, seen: dict[str, str], first: str | None = None, last: str | None = None
+    ) -> None:
+        """Forget files that are gone or changed. `seen`: name -> etag of the remembered files
+        a listing showed, which covered the names from `first` to `last` (None: from the start,
+        to the end). A tick stops listing once it has its batches, so an entry outside that
+        range is kept unless it was seen changed: it was not looked at."""
         for name in list(self.entries):
-            if _bare(listed.get(name, "")) != _bare(self.entries[name]["etag"]):
+            if name in seen:
+                gone = _bare(seen[name]) != _bare(self.entries[name]["etag"])
+            else:
+                gone = (first is None or name >= first) and (last is None or name <= last)
+            if gone:
                 del self.entries[name]
                 self.changed = True
 

@@ -197,7 +197,8 @@ def _after_tick(span: Any, report: Any, *args: Any, **kwargs: Any) -> None:
     )
     if report.errors:
         span.set_status(Status(StatusCode.ERROR, report.errors[0][:200]))
-    FILES_WAITING.set(report.listed - report.folder_markers)
+    if report.listing_complete:  # a tick stops listing once it has its batches (launcher.poll)
+        FILES_WAITING.set(report.listed - report.folder_markers)
 
 
 traced_tick = _span("poll.tick", _nothing, _after_tick)

@@ -61,11 +61,21 @@ Rows (each with its figure, its target and whether it is met):
   8. history: the newest page of 50 batches, all states and `failed` only, at 1,000 and at
      20,000 finished batches (index entries written directly, not measured): storage requests
      (the same at both sizes, <= 5) and time (< 0.5 s at 20 ms per request).
+  9. backlog, with the caps 2 batches of 100 a tick: with 100,000 files waiting, the tick
+     process's peak memory (< 200 MB and no more than with 10,000 waiting), the time from the
+     tick's start to the first group PUT accepted (< 3 s) and its storage requests (at most 5 %
+     more than a tick claiming the same 200 files with nothing else waiting); with no room,
+     one List Blobs request; 10,000 blocked (archived) files in front of 1,000 claimable ones,
+     which that tick claims; and a 2,000-file backlog drained 200 a tick with nothing lost or
+     claimed twice (name and content hash, as scripts/chaos checks). The files are uploaded
+     48 at a time straight to Azurite (not measured; the row says how long it all took).
 
-`--tiny` (50 / 200 files, 10 groups) runs in under a minute; tests/test_bench.py runs it and
-checks the count-based rows. The batches of row 7 are set up with the app's own claim and launch
-functions directly against the emulators (no proxy, not measured), because ACI's create rate
-(MAX_CREATES_PER_5_MIN <= 100) would otherwise take several ticks five minutes apart.
+`--tiny` (50 / 200 files, 10 groups, a 2,000-file backlog) runs in about two minutes;
+tests/test_bench.py runs it and checks the count-based rows. `--only backlog` runs row 9 alone
+(7.5 minutes in full on a busy 2-CPU machine, most of it uploading). The batches of row 7 are set up with the app's
+own claim and launch functions directly against the emulators (no proxy, not measured), because
+ACI's create rate (MAX_CREATES_PER_5_MIN <= 100) would otherwise take several ticks five minutes
+apart.
 """
 
 from __future__ import annotations
@@ -102,12 +112,12 @@ from azure.core.exceptions import ResourceNotFoundError  # noqa: E402
 from azure.core.pipeline import PipelineRequest, PipelineResponse  # noqa: E402
 from azure.core.pipeline.policies import SansIOHTTPPolicy  # noqa: E402
 from azure.core.pipeline.transport import RequestsTransport  # noqa: E402
-from azure.storage.blob import BlobServiceClient, ContainerClient  # noqa: E402
+from azure.storage.blob import BlobServiceClient, ContainerClient, StandardBlobTier  # noqa: E402
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000be4c4"
 RESULT_MARK = "BENCH-RESULT "
 PAYLOAD = b"model-launcher benchmark input\n" * 32  # ~1 KB per file: request counts, not bytes
-SECTIONS = "idle,claim,scale,launch,sweep,history"
+SECTIONS = "idle,claim,scale,launch,sweep,history,backlog"
 
 # Targets (see the module docstring).
 CLAIM_FIXED_ALLOWANCE = 50  # storage requests per claiming tick beyond one copy + one delete
@@ -128,6 +138,18 @@ HISTORY_SIZES = (1_000, 20_000)
 HISTORY_REQUEST_TARGET = 5
 HISTORY_SECONDS_TARGET = 0.5
 HISTORY_FAILED_EVERY = 10  # one finished batch in ten failed
+# Row 9 (backlog): the issue's caps, 2 batches of 100 a tick, whatever waits.
+BACKLOG_CAPS = {
+    "BATCH_MAX_FILES": "100",
+    "MAX_BATCHES_PER_TICK": "2",
+    "MAX_ACTIVE_GROUPS": "100",
+    "MAX_CREATES_PER_5_MIN": "100",
+    "LEASE_SECONDS": "15",
+}
+BACKLOG_PER_TICK = 200
+BACKLOG_FIRST_PUT_S = 3.0
+BACKLOG_REQUEST_EXCESS = 0.05  # storage requests beyond those of claiming the same files alone
+BLOCKED_CAPS = {"BATCH_MAX_FILES": "500", "MAX_BATCHES_PER_TICK": "2"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,6 +186,10 @@ class Config:
     batch_max_files: int
     tolerance: float
     rounds: int
+    backlog_files: int = 100_000
+    blocked_files: int = 10_000
+    blocked_claimable: int = 1_000
+    drain_files: int = 2_000
     stock_azurite: bool = False
     io_concurrency: int = 0
     sweep_concurrency: int = 0
@@ -533,9 +559,25 @@ class Bench:
 
     def seed(self, container: ContainerClient, count: int, prefix: str = "incoming/") -> None:
         """Upload `count` small files directly to Azurite (not through the proxy: not measured)."""
-        names = [f"{prefix}drop/f{i:06d}.dat" for i in range(count)]
-        with ThreadPoolExecutor(max_workers=32) as pool:
-            list(pool.map(lambda n: container.upload_blob(n, PAYLOAD, overwrite=True), names))
+        self.upload(container, [f"{prefix}drop/f{i:06d}.dat" for i in range(count)])
+
+    def upload(
+        self,
+        container: ContainerClient,
+        names: list[str],
+        content: Callable[[str], bytes] = lambda _: PAYLOAD,
+        **kwargs: Any,
+    ) -> float:
+        """Upload `names` 48 at a time, directly to Azurite; returns the seconds it took."""
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=48) as pool:
+            list(
+                pool.map(
+                    lambda n: container.upload_blob(n, content(n), overwrite=True, **kwargs),
+                    names,
+                )
+            )
+        return time.monotonic() - started
 
     def helper_cpu(self) -> dict[str, float]:
         """CPU seconds used so far by Azurite, the emulator and the proxies."""
@@ -865,6 +907,101 @@ class Bench:
             small, large = (results[(n, state)]["counts"]["storage"]["total"] for n in sizes)
             self.add(Row(f"history_same_cost_{state or 'all'}", "8", f"History page ({state or 'all states'}): requests at {sizes[1]:,} vs {sizes[0]:,} batches", f"{large} vs {small}", "", "equal", large == small, True))  # fmt: skip
 
+    # -- 9: backlog -------------------------------------------------------------------------------
+
+    def backlog(self) -> None:
+        """A tick's cost grows with what it claims, never with what waits (launcher.poll)."""
+        cfg = self.cfg
+        from launcher.poll import LIST_PAGE_SIZE
+
+        big, mid = cfg.backlog_files, max(cfg.backlog_files // 10, BACKLOG_PER_TICK + 1)
+        print(
+            f"9. backlog: {BACKLOG_PER_TICK} claimed a tick (2 batches of 100) with "
+            f"{BACKLOG_PER_TICK:,}, {mid:,} and {big:,} files waiting"
+        )
+        started = time.monotonic()
+        self.fresh_azurite()
+        runs: dict[int, dict[str, Any]] = {}
+        seeding = 0.0
+        containers: dict[int, ContainerClient] = {}
+        for count in (BACKLOG_PER_TICK, mid, big):
+            container = containers[count] = self.new_container("backlog")
+            took = self.upload(container, [f"incoming/drop/f{i:06d}.dat" for i in range(count)])
+            seeding += took
+            print(f"    [seeded {count:,} files in {took:.1f} s]", flush=True)
+            runs[count] = self.run_worker("poll", self.env(container.container_name, BACKLOG_CAPS))
+            assert runs[count]["files"] == BACKLOG_PER_TICK, runs[count]["report"]
+        alone, small, large = runs[BACKLOG_PER_TICK], runs[mid], runs[big]
+        self.raw.update(backlog_alone=alone, backlog_small=small, backlog=large)
+        peak, peak_small = large["peak_rss_kb"] / 1024, small["peak_rss_kb"] / 1024
+        # Compared with the smaller backlog only when both fill the first page (tiny runs do not).
+        paged = mid >= LIST_PAGE_SIZE
+        ok = peak < PEAK_RSS_TARGET_MB and (not paged or peak <= peak_small * 1.05)
+        versus = f" and <= the {mid:,}-file tick's + 5%" if paged else ""
+        self.add(Row("backlog_peak_rss_mb", "9", f"{big:,} files waiting, {BACKLOG_PER_TICK} claimed: peak memory (VmHWM) of the tick process ({mid:,} waiting: {peak_small:.1f} MB)", round(peak, 1), "MB", f"< {PEAK_RSS_TARGET_MB:g} MB{versus}", ok, False))  # fmt: skip
+        first_put = large["marks"].get("arm:PUT", float("inf"))
+        self.add(Row("backlog_first_put_s", "9", f"{big:,} files waiting: tick start -> first group PUT accepted, at {cfg.delay_ms:g} ms/request", round(first_put, 3), "s", f"< {BACKLOG_FIRST_PUT_S:g} s", first_put < BACKLOG_FIRST_PUT_S, False))  # fmt: skip
+        base = alone["counts"]["storage"]["total"]
+        storage = large["counts"]["storage"]["total"]
+        limit = base * (1 + BACKLOG_REQUEST_EXCESS)
+        self.add(Row("backlog_storage_requests", "9", f"{big:,} files waiting: the tick's storage requests (claiming the same {BACKLOG_PER_TICK} files with nothing else waiting: {base})", storage, "", f"<= {limit:.0f} (+{BACKLOG_REQUEST_EXCESS:.0%})", storage <= limit, True))  # fmt: skip
+        lists = large["counts"]["storage"].get("list", 0)
+        self.add(Row("backlog_list_requests", "9", f"{big:,} files waiting: List Blobs requests of that tick (incoming/ stops after its batches, + processing/)", lists, "", "<= 2", lists <= 2, True))  # fmt: skip
+        # Room 0: the two groups that tick launched fill MAX_ACTIVE_GROUPS=2.
+        full = self.run_worker(
+            "poll",
+            self.env(containers[big].container_name, BACKLOG_CAPS | {"MAX_ACTIVE_GROUPS": "2"}),
+        )
+        self.raw["backlog_room0"] = full
+        assert full["report"]["room"] == 0, full["report"]
+        lists = full["counts"]["storage"].get("list", 0)
+        others = {k: v for k, v in full["counts"]["storage"].items() if k not in ("list", "total")}
+        self.add(Row("backlog_room0_list_requests", "9", f"Room 0, {big - BACKLOG_PER_TICK:,} files waiting: List Blobs requests (other storage: {others}; ARM: {full['counts']['arm']['total']})", lists, "", "<= 1", lists <= 1, True))  # fmt: skip
+        self.blocked_in_front()
+        self.drain()
+        self.add(Row("backlog_setup_s", "9", f"Row 9 wall time, including uploading its {big + mid + BACKLOG_PER_TICK + cfg.blocked_files + cfg.blocked_claimable + cfg.drain_files:,} files 48 at a time ({seeding:.0f} s for the first three drops)", round(time.monotonic() - started, 1), "s", "-", None, False))  # fmt: skip
+
+    def blocked_in_front(self) -> None:
+        cfg = self.cfg
+        n, free = cfg.blocked_files, cfg.blocked_claimable
+        container = self.new_container("blocked")
+        # Archived files are what the listing itself shows as blocked (one request per upload).
+        self.upload(
+            container,
+            [f"incoming/a-archived/f{i:06d}.dat" for i in range(n)],
+            standard_blob_tier=StandardBlobTier.ARCHIVE,
+        )
+        self.upload(container, [f"incoming/b-free/f{i:06d}.dat" for i in range(free)])
+        res = self.run_worker("poll", self.env(container.container_name, BLOCKED_CAPS))
+        self.raw["backlog_blocked"] = res
+        left = sum(1 for _ in container.list_blobs(name_starts_with="incoming/"))
+        report = res["report"]
+        ok = res["files"] == free and left == n and report["blocked_total"] == n
+        self.add(Row("backlog_blocked_in_front", "9", f"{n:,} blocked (archived) files in front of {free:,} claimable ones: claimed in that tick ({res['counts']['storage'].get('list', 0)} List Blobs)", res["files"], "files", f"= {free:,}", ok, True))  # fmt: skip
+
+    def drain(self) -> None:
+        """Ticks until nothing is left: each claims what the caps allow, in name order, and
+        every file ends in exactly one batch (audited as the reliability suite does)."""
+        n = self.cfg.drain_files
+        container = self.new_container("drain")
+        contents = {
+            f"incoming/drop/f{i:06d}.dat": f"{i}\n{uuid.uuid4()}\n".encode() for i in range(n)
+        }
+        self.upload(container, list(contents), content=contents.__getitem__)
+        expected = {name: _sha(data) for name, data in contents.items()}
+        per_tick: list[int] = []
+        env = self.env(container.container_name, BACKLOG_CAPS)
+        while len(per_tick) <= n // BACKLOG_PER_TICK + 1:
+            res = self.run_worker("poll", env)
+            if res["report"]["idle"]:
+                break
+            per_tick.append(res["files"])
+        self.raw["backlog_drain"] = {"per_tick": per_tick}
+        lost, duplicated = audit(container, expected)
+        at_caps = all(c == BACKLOG_PER_TICK for c in per_tick[:-1]) and sum(per_tick) == n
+        self.add(Row("backlog_drain_ticks", "9", f"Draining {n:,} files: ticks, each claiming {BACKLOG_PER_TICK} (the caps) but the last", len(per_tick), "ticks", f"= {-(-n // BACKLOG_PER_TICK)}, {BACKLOG_PER_TICK} a tick", at_caps and len(per_tick) == -(-n // BACKLOG_PER_TICK), True))  # fmt: skip
+        self.add(Row("backlog_drain_lost_duplicated", "9", f"Draining {n:,} files: lost + claimed twice (name and content hash, every batch checked)", len(lost) + len(duplicated), "files", "= 0", not lost and not duplicated, True))  # fmt: skip
+
 
 def seed_history(env: dict[str, str], start: int, stop: int) -> None:
     """Index entries of finished batches start..stop-1, one a minute (not measured)."""
@@ -898,6 +1035,36 @@ def seed_history(env: dict[str, str], start: int, stop: int) -> None:
 
     errors = [r for r in clients.runner.map(one, range(start, stop)) if r is not None]
     assert not errors, errors[:3]
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def audit(container: ContainerClient, expected: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(lost, duplicated), decided as scripts/chaos does: a file is lost when no batch holds a
+    copy of its content and it is not in incoming/ either; duplicated when more than one place
+    (batches and incoming/) holds it."""
+    from launcher.batch import MANIFEST_NAME, Manifest
+
+    places: dict[str, int] = {}
+    for blob in container.list_blobs(name_starts_with="processing/"):
+        if not blob.name.endswith("/" + MANIFEST_NAME):
+            continue
+        manifest = Manifest.from_bytes(container.download_blob(blob.name).readall())
+        folder = blob.name[: -len(MANIFEST_NAME)]
+        for f in manifest.files:
+            data = container.download_blob(folder + f.blob).readall()
+            if expected.get(f.source) == _sha(data):
+                places[f.source] = places.get(f.source, 0) + 1
+    for blob in container.list_blobs(name_starts_with="incoming/"):
+        if expected.get(blob.name) == _sha(container.download_blob(blob.name).readall()):
+            places[blob.name] = places.get(blob.name, 0) + 1
+    lost = [n for n in expected if places.get(n, 0) == 0]
+    duplicated = [n for n in expected if places.get(n, 0) > 1]
+    return lost, duplicated
 
 
 def lease_held(
@@ -1009,7 +1176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Benchmark the app against Azurite and the ACI emulator behind counting, "
         "delaying proxies (see the module docstring).",
     )
-    p.add_argument("--tiny", action="store_true", help="50 / 200 files, 10 groups (< 60 s)")
+    p.add_argument("--tiny", action="store_true", help="50 / 200 files, 10 groups, 2,000 waiting")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     p.add_argument("--delay-ms", type=float, default=20.0, help="added per request by the proxies")
     p.add_argument("--files", type=int, help="files of the claim runs (default 1,000; tiny 50)")
@@ -1017,6 +1184,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-files", type=int, help="files of each baseline run (default files/5, >= 50)"
     )
     p.add_argument("--scale-files", type=int, help="files of the scale run (default 10x; tiny 4x)")
+    p.add_argument(
+        "--backlog-files", type=int, help="files waiting in row 9 (default 100,000; tiny 2,000)"
+    )
     p.add_argument("--groups", type=int, help="finished groups to sweep (default 200; tiny 10)")
     p.add_argument("--rounds", type=int, help="runs of project and ceiling (default 3; tiny 1)")
     p.add_argument("--tolerance", type=float, default=0.2, help="allowed excess over linear")
@@ -1056,6 +1226,10 @@ def main(argv: list[str] | None = None) -> int:
         rounds=max(1, args.rounds or (1 if args.tiny else 3)),
         stock_azurite=args.stock_azurite,
         sweep_concurrency=SWEEP_CONCURRENCY,
+        backlog_files=args.backlog_files or (2_000 if args.tiny else 100_000),
+        blocked_files=300 if args.tiny else 10_000,
+        blocked_claimable=50 if args.tiny else 1_000,
+        drain_files=600 if args.tiny else 2_000,
     )
     only = set(args.only.split(","))
     started = time.monotonic()
@@ -1109,6 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
             ("launch", bench.launch),
             ("sweep", bench.sweep),
             ("history", bench.history),
+            ("backlog", bench.backlog),
         ):
             if section in only:
                 run()

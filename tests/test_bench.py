@@ -31,6 +31,12 @@ COUNTED = {
     "history_large_failed_requests",
     "history_same_cost_all",  # ... whatever the number of finished batches
     "history_same_cost_failed",
+    "backlog_storage_requests",  # 9: a tick's requests grow with what it claims, not what waits
+    "backlog_list_requests",
+    "backlog_room0_list_requests",
+    "backlog_blocked_in_front",
+    "backlog_drain_ticks",
+    "backlog_drain_lost_duplicated",
 }
 
 
@@ -67,6 +73,8 @@ def test_tiny_benchmark_request_counts_meet_their_targets(tiny_run: dict[str, An
     assert rows["idle_poll_storage"]["value"] == 1
     assert rows["idle_poll_arm"]["value"] == 0
     assert rows["idle_sweep_arm"]["value"] == 1
+    assert rows["backlog_room0_list_requests"]["value"] == 1
+    assert rows["backlog_drain_lost_duplicated"]["value"] == 0
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["stock", "fast-delete"])
