@@ -15,28 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from launcher.clients import Clients
-from launcher.intake import Candidate, Intake, Plan, is_folder_marker
+from launcher.intake import Intake, Plan, is_folder_marker
 
 logger = logging.getLogger(__name__)
 
 
 def age_seconds(moment: datetime, now: datetime) -> float:
     return round(max(0.0, (now - moment).total_seconds()), 1)
-
-
-def stalled(clients: Clients, claimable: list[Candidate], now: datetime) -> dict[str, Any]:
-    """The stall alarm: settled, claimable files that have waited longer than
-    STALL_ALARM_MINUTES. A working poll claims them within a tick or two, so such files mean
-    the poll timer has stopped (Flex Consumption timers can stop silently) or cannot launch."""
-    limit = clients.settings.stall_alarm_minutes * 60
-    ages = [age_seconds(c.last_modified, now) for c in claimable]
-    late = [a for a in ages if a > limit]
-    return {
-        "stalled": bool(late),
-        "files": len(late),
-        "oldest_seconds": max(late) if late else None,
-        "threshold_seconds": limit,
-    }
 
 
 def check_stall(clients: Clients) -> dict[str, Any]:

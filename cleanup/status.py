@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from cleanup.admin import BadRequest, Reply, _clients, _guard, _only, retry_fail
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import LOGS_DIR, Manifest, State, iso
 from launcher.clients import Clients
-from launcher.intake import scan
+from launcher.intake import Intake, Plan, is_folder_marker
 from launcher.launch import CONTAINER_NAME
 from launcher.poll import CREATE_WINDOW_SECONDS
 
@@ -50,23 +51,51 @@ SECURITY_HEADERS = {
 
 def now_snapshot(clients: Clients) -> dict[str, Any]:
     """incoming/ (waiting, blocked, folders without their marker, held for recovery), groups
-    against MAX_ACTIVE_GROUPS, recent creates, the stall alarm. Two List Blobs and one ARM list
-    (plus a manifest read per unfinished claim)."""
+    against MAX_ACTIVE_GROUPS, recent creates, the stall alarm. incoming/ is streamed page by
+    page and classified as a poll tick would (launcher.intake), keeping counts and a sample of
+    names: at most a page of listing in memory, one List Blobs per 5,000 names. Plus one ARM
+    list, one List Blobs of processing/ and a manifest read per unfinished claim."""
     s = clients.settings
     groups_future = clients.runner.submit(clients.hook.list_groups)
-    listing = list(
-        clients.container.list_blobs(name_starts_with=s.incoming_prefix, include=["metadata"])
-    )
-    now = clients.clock.now()  # storage's, learned from the listing (launcher/clock.py)
-    found = scan(s, listing, now)
-    files = [b for b in listing if not b.name.endswith("/")]
     refs = clients.store.list_refs()
     claiming = [r.batch_id for r in refs if r.state is State.CLAIMING]
     held: set[tuple[str, str]] = set()
     for got in clients.runner.map(clients.store.read, claiming):
         if isinstance(got, tuple) and got[0].state is State.CLAIMING:
             held.update((f.source, f.etag.strip('"')) for f in got[0].files)
-    claimable = [c for c in found.claimable if (c.name, c.etag.strip('"')) not in held]
+    limit = s.stall_alarm_minutes * 60
+    count = {"files": 0, "bytes": 0, "claimable": 0, "held": 0, "late": 0}
+    late_oldest = 0.0
+    oldest: datetime | None = None
+    intake: Intake | None = None
+    now = clients.clock.now()
+
+    def tally(units: list[Plan]) -> None:
+        nonlocal late_oldest
+        for c in (c for unit in units for c in unit.files):
+            if (c.name, c.etag.strip('"')) in held:
+                count["held"] += 1
+                continue
+            count["claimable"] += 1
+            age = alarm.age_seconds(c.last_modified, now)
+            if age > limit:
+                count["late"] += 1
+                late_oldest = max(late_oldest, age)
+
+    for page in clients.container.list_blobs(
+        name_starts_with=s.incoming_prefix, include=["metadata"]
+    ).by_page():
+        if intake is None:
+            now = clients.clock.now()  # storage's, learned from the listing (launcher/clock.py)
+            intake = Intake(s, now)
+        for blob in page:
+            if not is_folder_marker(blob):
+                count["files"] += 1
+                count["bytes"] += int(blob.size or 0)
+                oldest = blob.last_modified if oldest is None else min(oldest, blob.last_modified)
+            tally(intake.feed(blob))
+    if intake is not None:
+        tally(intake.end())
     groups: dict[str, Any]
     try:
         infos: list[GroupInfo] = groups_future.result()
@@ -80,28 +109,33 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
         }
     except AciError as exc:
         groups = {"active": None, "max": s.max_active_groups, "error": f"{exc.code}: {exc}"}
-    oldest = min((b.last_modified for b in files), default=None)
+    blocked = intake.blocked if intake else {}
     return {
         "time": iso(now),
         "incoming": {
-            "files": len(files) - found.markers,
-            "bytes": sum(int(b.size or 0) for b in files),
+            "files": count["files"],
+            "bytes": count["bytes"],
             "oldest_seconds": alarm.age_seconds(oldest, now) if oldest else None,
-            "claimable": len(claimable),
-            "settling": found.unsettled,
-            "blocked": [{"name": n, "reason": r} for n, r in sorted(found.blocked.items())][
-                :MAX_LISTED
-            ],
-            "waiting_folders": sorted(found.waiting_folders)[:MAX_LISTED],
+            "claimable": count["claimable"],
+            "settling": intake.unsettled if intake else 0,
+            "blocked": [{"name": n, "reason": r} for n, r in sorted(blocked.items())][:MAX_LISTED],
+            "blocked_total": intake.blocked_total if intake else 0,
+            "waiting_folders": sorted(intake.waiting_folders if intake else [])[:MAX_LISTED],
+            "waiting_folders_total": intake.waiting_total if intake else 0,
             "ready_marker": s.batch_ready_marker,
-            "held_for_recovery": len(found.claimable) - len(claimable),
+            "held_for_recovery": count["held"],
         },
         "active_batches": {
             state.value: sum(1 for r in refs if r.state is state)
             for state in (State.CLAIMING, State.CLAIMED, State.LAUNCHED, State.FINISHING)
         },
         "groups": groups,
-        "alarm": alarm.stalled(clients, claimable, now),
+        "alarm": {
+            "stalled": bool(count["late"]),
+            "files": count["late"],
+            "oldest_seconds": late_oldest if count["late"] else None,
+            "threshold_seconds": limit,
+        },
     }
 
 
