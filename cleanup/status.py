@@ -12,7 +12,6 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from cleanup.admin import BadRequest, Reply, _clients, _guard, _only, retry_fail
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import LOGS_DIR, Manifest, State, iso
 from launcher.clients import Clients
-from launcher.intake import Intake, Plan, is_folder_marker
 from launcher.launch import CONTAINER_NAME
 from launcher.poll import CREATE_WINDOW_SECONDS
 
@@ -63,39 +61,8 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
     for got in clients.runner.map(clients.store.read, claiming):
         if isinstance(got, tuple) and got[0].state is State.CLAIMING:
             held.update((f.source, f.etag.strip('"')) for f in got[0].files)
-    limit = s.stall_alarm_minutes * 60
-    count = {"files": 0, "bytes": 0, "claimable": 0, "held": 0, "late": 0}
-    late_oldest = 0.0
-    oldest: datetime | None = None
-    intake: Intake | None = None
-    now = clients.clock.now()
-
-    def tally(units: list[Plan]) -> None:
-        nonlocal late_oldest
-        for c in (c for unit in units for c in unit.files):
-            if (c.name, c.etag.strip('"')) in held:
-                count["held"] += 1
-                continue
-            count["claimable"] += 1
-            age = alarm.age_seconds(c.last_modified, now)
-            if age > limit:
-                count["late"] += 1
-                late_oldest = max(late_oldest, age)
-
-    for page in clients.container.list_blobs(
-        name_starts_with=s.incoming_prefix, include=["metadata"]
-    ).by_page():
-        if intake is None:
-            now = clients.clock.now()  # storage's, learned from the listing (launcher/clock.py)
-            intake = Intake(s, now)
-        for blob in page:
-            if not is_folder_marker(blob):
-                count["files"] += 1
-                count["bytes"] += int(blob.size or 0)
-                oldest = blob.last_modified if oldest is None else min(oldest, blob.last_modified)
-            tally(intake.feed(blob))
-    if intake is not None:
-        tally(intake.end())
+    found = alarm.survey(clients, held)
+    now, intake = found.now, found.intake
     groups: dict[str, Any]
     try:
         infos: list[GroupInfo] = groups_future.result()
@@ -113,29 +80,24 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
     return {
         "time": iso(now),
         "incoming": {
-            "files": count["files"],
-            "bytes": count["bytes"],
-            "oldest_seconds": alarm.age_seconds(oldest, now) if oldest else None,
-            "claimable": count["claimable"],
+            "files": found.files,
+            "bytes": found.bytes,
+            "oldest_seconds": alarm.age_seconds(found.oldest, now) if found.oldest else None,
+            "claimable": found.claimable,
             "settling": intake.unsettled if intake else 0,
             "blocked": [{"name": n, "reason": r} for n, r in sorted(blocked.items())][:MAX_LISTED],
             "blocked_total": intake.blocked_total if intake else 0,
             "waiting_folders": sorted(intake.waiting_folders if intake else [])[:MAX_LISTED],
             "waiting_folders_total": intake.waiting_total if intake else 0,
             "ready_marker": s.batch_ready_marker,
-            "held_for_recovery": count["held"],
+            "held_for_recovery": found.held,
         },
         "active_batches": {
             state.value: sum(1 for r in refs if r.state is state)
             for state in (State.CLAIMING, State.CLAIMED, State.LAUNCHED, State.FINISHING)
         },
         "groups": groups,
-        "alarm": {
-            "stalled": bool(count["late"]),
-            "files": count["late"],
-            "oldest_seconds": late_oldest if count["late"] else None,
-            "threshold_seconds": limit,
-        },
+        "alarm": found.alarm(),
     }
 
 
