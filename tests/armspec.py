@@ -11,7 +11,8 @@ method and URL path and return a list of problems (empty = conforms). The rules,
 - `x-ms-client-flatten` only changes SDK models, never the wire, so it is ignored.
 - `readOnly` properties (on the property or on the definition it references) must not be sent in
   a request; they may appear in responses.
-- `required` holds in both directions; `null` is never valid (the spec has no `x-nullable`).
+- `required` holds in both directions, except that a response never carries an `x-ms-secret`
+  property (ARM does not return secrets); `null` is never valid (the spec has no `x-nullable`).
 - `enum` is enforced exactly, also where `x-ms-enum.modelAsString` is true: that flag tells SDKs to
   tolerate values added later, but the app must send, and the emulator answer, documented values.
   The values the spec leaves as free strings (states, events) are checked separately against
@@ -256,6 +257,8 @@ class ArmSpec:
             f"{where}: required property {name!r} is missing"
             for name in sorted(required)
             if name not in value
+            # ARM never returns an `x-ms-secret` property: required in a request only.
+            and (request or not self.resolve(props.get(name, {})).get("x-ms-secret"))
         ]
         for key, item in value.items():
             here = f"{where}.{key}"

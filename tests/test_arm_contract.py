@@ -61,6 +61,11 @@ CONFIGURATIONS: dict[str, dict[str, str]] = {
     "gpu": {**QUICK, "ACI_GPU_SKU": "V100", "ACI_GPU_COUNT": "1", "ACI_CPU": "2"},
     "env-and-secure-env": {**QUICK, "ACI_ENV_MODEL": "small", "ACI_SECURE_ENV_TOKEN": "s3cret"},
     "image-default-command": {"ACI_IMAGE": "busybox:1.36"},
+    "log-analytics": {
+        **QUICK,
+        "ACI_LOG_ANALYTICS_WORKSPACE_ID": "11111111-2222-3333-4444-555555555555",
+        "ACI_LOG_ANALYTICS_WORKSPACE_KEY": "workspace-secret-key",
+    },
 }
 LIFECYCLE_OPERATIONS = {
     "ContainerGroups_CreateOrUpdate",

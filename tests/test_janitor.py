@@ -372,3 +372,26 @@ def test_a_vanished_group_waits_out_its_grace_and_says_until_when(pipeline: Pipe
     assert waiting["until"] > manifest_of(pipeline, batch)[1]["launched_at"]
     _, m = manifest_of(pipeline, batch)
     assert m["state"] == "launched" and m["attempts"][-1]["outcome"] is None
+
+
+def test_a_saved_log_says_when_aci_kept_only_its_tail(pipeline: Pipeline) -> None:
+    """ACI keeps only the last 16 KB / 1,000 lines of a stopped container's log; the janitor
+    reads it after the stop, so the saved log says its beginning is probably missing."""
+    drop(pipeline.container, ["incoming/a.txt"])
+    chatty = '["python", "-c", "[print(f\\"line {i:05d} \\" + 40 * \\"x\\") for i in range(3000)]"]'
+    clients = pipeline.clients(ACI_IMAGE="python:3.11", ACI_COMMAND=chatty)
+    poll(clients)
+    batch = only_batch(pipeline)
+    sweep_until(clients, lambda: manifest_of(pipeline, batch)[0] == "done/")
+    log = pipeline.container.download_blob(f"done/{batch}/_logs/attempt-1.log").readall().decode()
+    first, rest = log.split("\n", 1)
+    assert first.startswith("[model-launcher] ACI keeps only the last 16 KB / 1,000 lines")
+    assert "line 00000" not in rest and "line 02999" in rest
+    short = pipeline.clients(**QUICK)
+    drop(pipeline.container, ["incoming/b.txt"])
+    poll(short)
+    ids = {n.split("/")[1] for n in all_names(pipeline.container) if n.endswith("/_batch.json")}
+    [other] = ids - {batch}
+    sweep_until(short, lambda: manifest_of(pipeline, other)[0] == "done/")
+    saved = pipeline.container.download_blob(f"done/{other}/_logs/attempt-1.log").readall()
+    assert not saved.startswith(b"[model-launcher]")

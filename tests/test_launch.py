@@ -408,3 +408,27 @@ def test_a_spent_create_budget_is_recorded_without_pointless_retries(
     [m] = manifests(pipeline).values()
     assert m["state"] == "claimed" and m["last_error"]["code"] == "ResourceRequestsThrottled"
     assert pipeline.emulator.stats()["requests"]["PUT container_group"] == 1
+
+
+def test_log_analytics_gets_every_line_and_its_key_is_never_echoed(pipeline: Pipeline) -> None:
+    """With a workspace configured, the spec carries ACI's Log Analytics diagnostics (the
+    complete log, where ACI keeps only a stopped container's last 16 KB); the key is a secret."""
+    settings = {
+        "ACI_IMAGE": "python:3.11",
+        "ACI_COMMAND": '["python", "-c", "pass"]',
+        "ACI_LOG_ANALYTICS_WORKSPACE_ID": "11111111-2222-3333-4444-555555555555",
+        "ACI_LOG_ANALYTICS_WORKSPACE_KEY": "workspace-secret-key",
+    }
+    clients = pipeline.clients(**settings)
+    assert "workspace-secret-key" not in repr(clients.settings)
+    drop(pipeline.container, ["incoming/a.txt"])
+    poll(clients)
+    [m] = manifests(pipeline).values()
+    spec = build_group(clients, Manifest.from_bytes(json.dumps(m).encode()), m["attempt"])
+    la = spec.diagnostics.log_analytics
+    assert (la.workspace_id, la.workspace_key) == (
+        "11111111-2222-3333-4444-555555555555",
+        "workspace-secret-key",
+    )
+    echoed = pipeline.get_group(m["group"])
+    assert "workspace-secret-key" not in json.dumps(echoed.as_dict())
