@@ -88,11 +88,11 @@ class ParamSpec:
         if self.type == "string" and len(value) > MAX_PARAM_VALUE:
             return f"is longer than {MAX_PARAM_VALUE} characters"
         if self.allowed is not None and value not in self.allowed:
-            return f"={value!r} is not one of {list(self.allowed)!r}"
+            return f"is {value!r}, not one of {list(self.allowed)!r}"
         if self.minimum is not None and value < self.minimum:
-            return f"={value!r} is below its minimum {self.minimum:g}"
+            return f"is {value!r}, below its minimum {self.minimum:g}"
         if self.maximum is not None and value > self.maximum:
-            return f"={value!r} is above its maximum {self.maximum:g}"
+            return f"is {value!r}, above its maximum {self.maximum:g}"
         return None
 
     def render(self, value: Any) -> str:
