@@ -10,6 +10,7 @@ import time
 import pytest
 from azure.core.exceptions import HttpResponseError
 
+from cleanup.status import now_snapshot
 from cleanup.sweep import sweep
 from config import ConfigError, load_settings
 from launcher.poll import poll
@@ -116,6 +117,13 @@ def test_a_profiles_cap_holds_while_the_other_keeps_launching(pipeline: Pipeline
     assert [c["profile"] for c in report.claimed] == ["model-b"]
     assert report.capped == {"model-a": 2}
     assert {k: len(v) for k, v in by_profile(pipeline).items()} == {"model-a": 1, "model-b": 4}
+    # The status API splits the groups and what waits by profile.
+    snap = now_snapshot(clients)
+    assert snap["groups"]["by_profile"] == {
+        "model-a": {"active": 1, "max": 1},
+        "model-b": {"active": 4, "max": 20},
+    }
+    assert snap["incoming"]["claimable_by_profile"] == {"model-a": 2}
 
 
 def wait_logs(p: Pipeline, name: str, needle: str, timeout: float = 30) -> str:
