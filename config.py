@@ -8,6 +8,7 @@ and nothing touches storage or ARM with a half-valid configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -18,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlparse
+
+import profiles
 
 T = TypeVar("T")
 
@@ -82,6 +85,8 @@ NOTIFY_WEBHOOK_SECRET = "NOTIFY_WEBHOOK_SECRET"  # noqa: S105 (a setting name)
 PRICE_VCPU_SECOND = "PRICE_VCPU_SECOND"
 PRICE_GB_SECOND = "PRICE_GB_SECOND"
 PRICE_GPU_SECOND_V100 = "PRICE_GPU_SECOND_V100"
+JOB_PROFILES = "JOB_PROFILES"
+BATCH_PARAMS_FILE = "BATCH_PARAMS_FILE"
 
 # The seed system's names, accepted so its users can migrate by changing nothing.
 SEED_ACCOUNT_NAME = "AzureAccountName"
@@ -200,6 +205,32 @@ class Settings:
     price_vcpu_second: float = DEFAULT_PRICE_VCPU_SECOND
     price_gb_second: float = DEFAULT_PRICE_GB_SECOND
     price_gpu_second: tuple[tuple[str, float], ...] = tuple(DEFAULT_PRICE_GPU_SECOND.items())
+    # job profiles (profiles.py): the ACI_* settings are "default" when ACI_IMAGE is set
+    job_profiles: tuple[profiles.Profile, ...] = ()
+    has_default_profile: bool = True
+    params_file: str = "_params.json"
+
+    def for_profile(self, name: str, strict: bool = True) -> Settings:
+        """These settings with the job spec and janitor rules of profile `name` (the default
+        profile is these settings). Unknown: KeyError, or these settings when not `strict`."""
+        for p in self.job_profiles:
+            if p.name == name:
+                return dataclasses.replace(self, **dict(p.spec))
+        if (name == profiles.DEFAULT_PROFILE and self.has_default_profile) or not strict:
+            return self
+        raise KeyError(name)
+
+    def profile_of(self, relative: str) -> str | None:
+        """The profile of a file by its path under incoming/ (None: no profile takes it)."""
+        return profiles.route(self.job_profiles, self.has_default_profile, relative)
+
+    def profile_cap(self, name: str) -> int:
+        """Active groups profile `name` may have: its own cap, within MAX_ACTIVE_GROUPS."""
+        own = next((p.max_active_groups for p in self.job_profiles if p.name == name), None)
+        return min(own or self.max_active_groups, self.max_active_groups)
+
+    def profile_params(self, name: str) -> tuple[profiles.ParamSpec, ...]:
+        return next((p.params for p in self.job_profiles if p.name == name), ())
 
     @property
     def notify_targets(self) -> tuple[str, ...]:
@@ -529,7 +560,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if ca_bundle is not None and not os.path.isfile(ca_bundle):
         r.problems.append(f"{ARM_CA_BUNDLE}={ca_bundle!r} is not a readable file")
 
-    image = r.required(ACI_IMAGE, "the container image that processes a batch")
+    raw_profiles = r.text(JOB_PROFILES)
+    image = (
+        r.text(ACI_IMAGE) or ""
+        if raw_profiles
+        else r.required(
+            ACI_IMAGE, f"the container image that processes a batch (or {JOB_PROFILES})"
+        )
+    )
     if image and (any(c.isspace() for c in image) or image != image.strip()):
         r.problems.append(f"{ACI_IMAGE}={image!r} is not an image reference")
     gpu_sku = r.text(ACI_GPU_SKU)
@@ -678,10 +716,41 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
         ),
     )
-    r.problems += group_limit_problems(settings)
+    if raw_profiles:
+        settings = _with_profiles(r, settings, raw_profiles)
+    elif r.text(BATCH_PARAMS_FILE):
+        r.problems.append(f"{BATCH_PARAMS_FILE} is set but {JOB_PROFILES} is not")
+    if settings.has_default_profile:
+        r.problems += group_limit_problems(settings)
     if r.problems:
         raise ConfigError(r.problems)
     return settings
+
+
+def _with_profiles(r: _Reader, s: Settings, raw: str) -> Settings:
+    """JOB_PROFILES and BATCH_PARAMS_FILE (profiles.py), each profile's group checked like the
+    ACI_* settings' one."""
+    found = profiles.parse_profiles(raw, r.env, s.max_active_groups, r.problems)
+    params_file = r.text(BATCH_PARAMS_FILE) or "_params.json"
+    if "/" in params_file or params_file in (".", "..") or params_file == s.batch_ready_marker:
+        r.problems.append(f"{BATCH_PARAMS_FILE}={params_file!r} must be a plain file name")
+    for p in found:
+        if p.params and s.batch_mode != "folder":
+            r.problems.append(
+                f"{JOB_PROFILES}.{p.name}.params need {BATCH_MODE}=folder: only there is a "
+                "folder (and its parameters file) one batch"
+            )
+        names = {
+            k: f"{JOB_PROFILES}.{p.name}.{k.removeprefix('ACI_').lower()}" for k in _LIMIT_NAMES
+        }
+        derived = dataclasses.replace(s, **dict(p.spec))
+        r.problems += group_limit_problems(derived, names)
+    return dataclasses.replace(
+        s, job_profiles=found, has_default_profile=bool(s.image), params_file=params_file
+    )
+
+
+_LIMIT_NAMES = (ACI_GPU_SKU, ACI_SUBNET_ID, ACI_GPU_COUNT, ACI_CPU, ACI_MEMORY_GB)
 
 
 def _notify_settings(
@@ -737,10 +806,13 @@ def _notify_settings(
     return queue, url, secret
 
 
-def group_limit_problems(s: Settings) -> list[str]:
+def group_limit_problems(s: Settings, names: Mapping[str, str] | None = None) -> list[str]:
     """A container group ACI can never deploy, refused at start instead of failing every
-    launch: over the documented per-group maximums, or a GPU in a virtual network."""
+    launch: over the documented per-group maximums, or a GPU in a virtual network. `names`:
+    what to call the settings in the problems (a profile's fields)."""
     problems: list[str] = []
+    n = dict(zip(_LIMIT_NAMES, _LIMIT_NAMES, strict=True)) | dict(names or {})
+    ACI_GPU_SKU, ACI_SUBNET_ID, ACI_GPU_COUNT, ACI_CPU, ACI_MEMORY_GB = (n[k] for k in _LIMIT_NAMES)
     if s.gpu_sku and s.subnet_id:
         problems.append(
             f"{ACI_GPU_SKU} with {ACI_SUBNET_ID}: ACI does not support GPU resources in a "

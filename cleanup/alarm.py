@@ -11,8 +11,9 @@ and how old; the status page turns red from the same rule.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +42,7 @@ class Survey:
     held: int = 0  # claimable, but listed by an unfinished claim
     late: int = 0  # claimable and older than the limit
     late_oldest: float = 0.0
+    by_profile: Counter[str] = field(default_factory=Counter)  # claimable, per job profile
 
     def tally(self, units: list[Plan], held: Set[tuple[str, str]]) -> None:
         for c in (c for unit in units for c in unit.files):
@@ -48,6 +50,7 @@ class Survey:
                 self.held += 1
                 continue
             self.claimable += 1
+            self.by_profile[c.profile] += 1
             age = age_seconds(c.last_modified, self.now)
             if age > self.limit:
                 self.late += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from cleanup import alarm, history
 from cleanup.admin import BadRequest, Reply, _clients, _guard, _only, retry_failed
+from config import Settings
 from launcher.aci import AciError, GroupInfo
 from launcher.batch import LOGS_DIR, Manifest, State, iso
 from launcher.clients import Clients
@@ -72,6 +74,7 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
             "max": s.max_active_groups,
             "created_last_5_min": sum(1 for g in infos if g.created and g.created >= recent),
             "max_creates_per_5_min": s.max_creates_per_5_min,
+            "by_profile": _groups_by_profile(s, infos),
             "error": None,
         }
     except AciError as exc:
@@ -91,6 +94,7 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
             "waiting_folders_total": intake.waiting_total if intake else 0,
             "ready_marker": s.batch_ready_marker,
             "held_for_recovery": found.held,
+            "claimable_by_profile": dict(sorted(found.by_profile.items())),
         },
         "active_batches": {
             state.value: sum(1 for r in refs if r.state is state)
@@ -98,6 +102,17 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
         },
         "groups": groups,
         "alarm": found.alarm(),
+    }
+
+
+def _groups_by_profile(s: Settings, infos: list[GroupInfo]) -> dict[str, dict[str, int]]:
+    """Active groups against each job profile's cap (profiles.py): every configured profile,
+    and any other a group is tagged with."""
+    active = Counter(g.profile for g in infos)
+    names = [p.name for p in s.job_profiles] + (["default"] if s.has_default_profile else [])
+    return {
+        name: {"active": active[name], "max": s.profile_cap(name)}
+        for name in sorted(set(names) | set(active))
     }
 
 

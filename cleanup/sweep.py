@@ -250,9 +250,12 @@ class Sweep:
         begin = status.started_at or parse_iso(rec.launched_at)
         end = status.finished_at or now
         rec.duration_seconds = round((end - begin).total_seconds(), 1) if begin else None
+        # The batch's profile's rules and resources (profiles.py); a profile no longer in
+        # JOB_PROFILES falls back to the global settings.
+        ps = self.s.for_profile(manifest.profile, strict=False)
         billed = cost.billed_seconds(parse_iso(rec.launched_at), begin, end)
         if billed is not None:
-            resources = status.resources or cost.Resources.from_settings(self.s)
+            resources = status.resources or cost.Resources.from_settings(ps)
             rec.billed_seconds = billed
             for key, value in cost.usage(self.s, resources, billed).items():
                 setattr(rec, key, value)
@@ -285,10 +288,10 @@ class Sweep:
                 f"batch {batch_id} attempt {manifest.attempt} {status.reason}: relaunch as "
                 f"attempt {manifest.attempt + 1}"
             )
-        elif counted >= self.s.max_attempts or status.exit_code in self.s.no_retry_exit_codes:
+        elif counted >= ps.max_attempts or status.exit_code in ps.no_retry_exit_codes:
             manifest.state, manifest.target = State.FINISHING, "failed"
-            manifest.reason = f"attempt {counted}/{self.s.max_attempts}: {status.reason}"
-            if status.exit_code in self.s.no_retry_exit_codes:
+            manifest.reason = f"attempt {counted}/{ps.max_attempts}: {status.reason}"
+            if status.exit_code in ps.no_retry_exit_codes:
                 manifest.reason += " (listed in NO_RETRY_EXIT_CODES: not retried)"
             verdict = f"batch {batch_id} failed for good ({manifest.reason})"
         else:
@@ -427,7 +430,12 @@ class Sweep:
         status = (
             Status("vanished", reason="container group disappeared")
             if group is None
-            else classify(group, g.created, self.s.job_timeout_minutes, self.clients.clock.now())
+            else classify(
+                group,
+                g.created,
+                self.s.for_profile(g.profile, strict=False).job_timeout_minutes,
+                self.clients.clock.now(),
+            )
         )
         if group is not None:
             status.resources = cost.Resources.from_group(group)

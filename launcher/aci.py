@@ -44,6 +44,7 @@ TAG_BATCH = "ml-batch"
 TAG_ATTEMPT = "ml-attempt"
 TAG_CREATED = "ml-created"
 TAG_KEPT = "ml-kept"
+TAG_PROFILE = "ml-profile"  # the batch's job profile (profiles.py); absent: "default"
 TRANSITIONING = "ContainerGroupTransitioning"
 RESOURCE_GROUP_NOT_FOUND = "ResourceGroupNotFound"
 LEASE_LOST = "LeaseLost"  # not an ARM code: the launcher stopped before sending a PUT
@@ -127,6 +128,7 @@ class GroupInfo:
     created: float | None
     provisioning_state: str | None
     kept: bool = False
+    profile: str = "default"
 
 
 def source_tag(settings: Settings) -> str:
@@ -189,6 +191,7 @@ class AciHook:
                     created=created,
                     provisioning_state=group.provisioning_state,
                     kept=tags.get(TAG_KEPT) == "true",
+                    profile=tags.get(TAG_PROFILE) or "default",
                 )
             )
         return ours

@@ -169,6 +169,12 @@ class Manifest:
     # Completion notifications of a finished batch (cleanup/notify.py): message id and, per
     # target, pending|sent with attempts and the last error. Written before any send.
     notifications: dict[str, Any] | None = None
+    # The job profile (profiles.py) the batch runs with, decided at claim time by its folder,
+    # and its parameters: the ML_PARAM_* environment checked against that profile's
+    # declarations, from `params_file` (folder mode; kept in the batch, not an input).
+    profile: str = "default"
+    params: dict[str, str] | None = None
+    params_file: str | None = None
     rev: str = ""
     version: int = 1
 

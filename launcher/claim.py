@@ -28,6 +28,7 @@ from enum import Enum
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
+import profiles
 from launcher import telemetry
 from launcher.batch import (
     FileEntry,
@@ -308,6 +309,7 @@ def _finish(clients: Clients, manifest: Manifest, etag: str, settled: _Settlemen
     manifest.discarded = sorted(set(manifest.discarded) | set(settled.discard))
     if settled.owned:
         manifest.state = State.CLAIMED
+        _check_params(clients, manifest)
         etag = clients.store.update(manifest, etag)
         if manifest.discarded:
             _discard(clients, manifest)
@@ -321,6 +323,32 @@ def _finish(clients: Clients, manifest: Manifest, etag: str, settled: _Settlemen
     clients.store.delete(manifest.batch_id, etag)
     logger.info("batch %s: nothing left to claim, rolled back", manifest.batch_id)
     return None
+
+
+def _check_params(clients: Clients, manifest: Manifest) -> None:
+    """Folder mode with JOB_PROFILES: the folder's parameters file (one GET of its claimed
+    copy), checked against its profile's declarations, becomes the batch's ML_PARAM_*
+    environment. An invalid file sends the batch straight to failed/ (state `finishing`: the
+    janitor moves it, files kept) with a reason naming the parameter."""
+    if not manifest.params_file or manifest.folder is None:
+        return
+    name = f"{manifest.folder}/{manifest.params_file}"
+    entry = next((f for f in manifest.files if f.name == name), None)
+    data = None
+    if entry is not None:
+        blob = clients.store.folder(manifest.batch_id) + entry.blob
+        data = clients.container.get_blob_client(blob).download_blob().readall()
+    specs = clients.settings.profile_params(manifest.profile)
+    env, why = profiles.check_params(specs, data)
+    if not why:
+        manifest.params = env
+        return
+    manifest.state, manifest.target = State.FINISHING, "failed"
+    where = f"parameters file {name!r}" if entry is not None else "no parameters file"
+    manifest.reason = f"{where}: {why} (profile {manifest.profile!r})"
+    logger.warning(
+        "batch %s: %s: not launched, sent to failed/", manifest.batch_id, manifest.reason
+    )
 
 
 @telemetry.traced_claim
@@ -349,6 +377,8 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
         folder=plan.folder,
         ready_marker=s.batch_ready_marker,
         retry_of=min((c.retry_of for c in plan.files if c.retry_of), default=None),
+        profile=plan.profile,
+        params_file=s.params_file if s.job_profiles and s.batch_mode == "folder" else None,
     )
     etag = clients.store.create(manifest)
     # The manifest is written; now prove the lease is still ours before touching a file. A poll

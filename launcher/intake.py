@@ -35,12 +35,14 @@ class Candidate:
     size: int
     last_modified: datetime
     retry_of: str | None = None  # metadata mlretryof: put back by `cleanup retry` of that batch
+    profile: str = "default"  # its job profile, by its top-level folder (profiles.route)
 
 
 @dataclass
 class Plan:
     files: list[Candidate]
     folder: str | None = None
+    profile: str = "default"  # a batch never mixes profiles
 
 
 @dataclass
@@ -125,8 +127,11 @@ class Intake:
             self.markers += 1
             return out
         why = blocked_reason(blob)
-        if why is not None:
-            self.block(blob.name, why)
+        profile = self.settings.profile_of(relative)
+        if why is None and profile is None:
+            why = "no job profile matches its folder and there is no default profile"
+        if why is not None or profile is None:
+            self.block(blob.name, why or "")
             return out
         cand = Candidate(
             blob.name,
@@ -135,13 +140,14 @@ class Intake:
             int(blob.size),
             blob.last_modified,
             (blob.metadata or {}).get(RETRY_OF_METADATA),
+            profile,
         )
         settled = blob.last_modified <= self.settled_before
         if not settled:
             self.unsettled += 1
         if folder is None:
             if settled:
-                out.append(Plan([cand]))
+                out.append(Plan([cand], profile=profile))
             return out
         if self._folder is None:
             self._folder = folder
@@ -185,7 +191,7 @@ class Intake:
         self._folder, self._files = None, []
         self._waits = self._marker_seen = self._marker_checked = False
         if ready and files:
-            return [Plan(files, folder)]
+            return [Plan(files, folder, files[0].profile)]
         if not ready and folder is not None:
             self.waiting_total += 1
             if len(self.waiting_folders) < self.sample:
@@ -196,35 +202,39 @@ class Intake:
 class Planner:
     """Cuts claimable units, in name order, into batch plans, each returned as soon as it is
     complete. tick mode: files cut at BATCH_MAX_FILES / BATCH_MAX_BYTES (a file larger than the
-    byte cap travels alone; folders mean nothing); folder mode: one plan per unit (a folder
-    whole, or a loose file alone)."""
+    byte cap travels alone; folders mean nothing), one open batch per job profile (a batch
+    never mixes profiles); folder mode: one plan per unit (a folder whole, or a loose file
+    alone)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._current: list[Candidate] = []
-        self._size = 0
+        self._current: dict[str, list[Candidate]] = {}
+        self._size: dict[str, int] = {}
 
     def add(self, unit: Plan) -> list[Plan]:
         if self.settings.batch_mode == "folder":
             return [unit] if unit.files else []
         out: list[Plan] = []
         s = self.settings
+        p = unit.profile
         for c in unit.files:
-            if self._current and self._size + c.size > s.batch_max_bytes:
-                out.append(self._cut())
-            self._current.append(c)
-            self._size += c.size
-            if len(self._current) >= s.batch_max_files:
-                out.append(self._cut())
+            current = self._current.setdefault(p, [])
+            if current and self._size.get(p, 0) + c.size > s.batch_max_bytes:
+                out.append(self._cut(p))
+                current = self._current.setdefault(p, [])
+            current.append(c)
+            self._size[p] = self._size.get(p, 0) + c.size
+            if len(current) >= s.batch_max_files:
+                out.append(self._cut(p))
         return out
 
     def flush(self) -> list[Plan]:
-        """The last, partial plan (the listing has ended)."""
-        return [self._cut()] if self._current else []
+        """The last, partial plans, one per profile (the listing has ended)."""
+        return [self._cut(p) for p in sorted(self._current) if self._current[p]]
 
-    def _cut(self) -> Plan:
-        plan = Plan(self._current)
-        self._current, self._size = [], 0
+    def _cut(self, profile: str) -> Plan:
+        plan = Plan(self._current.pop(profile), profile=profile)
+        self._size.pop(profile, None)
         return plan
 
 
@@ -254,11 +264,11 @@ def plan_batches(settings: Settings, claimable: list[Candidate], limit: int) -> 
     for c in sorted(claimable, key=lambda c: c.name):
         key = c.relative.split("/", 1)[0] if "/" in c.relative else None
         if unit and (key is None or key != folder):
-            plans += planner.add(Plan(unit, folder))
+            plans += planner.add(Plan(unit, folder, unit[0].profile))
             unit = []
         folder = key
         unit.append(c)
     if unit:
-        plans += planner.add(Plan(unit, folder))
+        plans += planner.add(Plan(unit, folder, unit[0].profile))
     plans += planner.flush()
     return plans[:limit]

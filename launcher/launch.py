@@ -49,6 +49,7 @@ from launcher.aci import (
     TAG_CREATED,
     TAG_MANAGED_BY,
     TAG_MANAGED_BY_VALUE,
+    TAG_PROFILE,
     TAG_SOURCE,
     AciError,
     source_tag,
@@ -94,11 +95,11 @@ SAS_START_SKEW = timedelta(minutes=15)
 
 
 def _storage_access(
-    clients: Clients, issued: datetime, expiry_minutes: float
+    clients: Clients, issued: datetime, expiry_minutes: float, settings: Settings
 ) -> tuple[list[EnvironmentVariable], list[EnvironmentVariable]]:
-    """Environment (plain, secure) that lets the container reach storage; a SAS is valid from
-    SAS_START_SKEW before `issued` until `expiry_minutes` after it."""
-    settings = clients.settings
+    """Environment (plain, secure) that lets the container reach storage (with the identity of
+    the batch's profile, in `settings`); a SAS is valid from SAS_START_SKEW before `issued`
+    until `expiry_minutes` after it."""
     url = clients.blob_service.url.rstrip("/")
     plain = [EnvironmentVariable(name="ML_STORAGE_ACCOUNT_URL", value=url)]
     if settings.identity_id:
@@ -139,8 +140,15 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
     time, storage's clock, dates the SAS and the creation tag), so two launchers that build the
     spec of one attempt from the same manifest send byte-identical PUTs: ACI leaves a live group
     alone when a PUT changes nothing. (A user delegation SAS, for identity-based storage access,
-    is only as repeatable as its key.)"""
-    s = clients.settings
+    is only as repeatable as its key.) The job spec is the batch's profile's (profiles.py), and
+    its parameters, checked at claim time, are plain ML_PARAM_* variables: they can never
+    change the image, command, identity, registry or a secure value."""
+    try:
+        s = clients.settings.for_profile(manifest.profile)
+    except KeyError:
+        raise LaunchError(
+            "UnknownProfile", f"job profile {manifest.profile!r} is not in JOB_PROFILES"
+        ) from None
     store = clients.store
     folder = store.folder(manifest.batch_id)
     env = [
@@ -152,9 +160,13 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
         EnvironmentVariable(
             name="ML_OUTPUT_PREFIX", value=f"{s.output_prefix}{manifest.batch_id}/"
         ),
+        EnvironmentVariable(name="ML_PROFILE", value=manifest.profile),
+    ]
+    env += [
+        EnvironmentVariable(name=k, value=v) for k, v in sorted((manifest.params or {}).items())
     ]
     issued = parse_iso(manifest.updated) or clients.clock.now()
-    storage_plain, storage_secure = _storage_access(clients, issued, s.job_timeout_minutes + 30)
+    storage_plain, storage_secure = _storage_access(clients, issued, s.job_timeout_minutes + 30, s)
     env += storage_plain
     env += [EnvironmentVariable(name=k, value=v) for k, v in s.env]
     env += storage_secure
@@ -181,6 +193,7 @@ def build_group(clients: Clients, manifest: Manifest, attempt: int) -> Container
             TAG_BATCH: manifest.batch_id,
             TAG_ATTEMPT: str(attempt),
             TAG_CREATED: str(int(issued.timestamp())),
+            TAG_PROFILE: manifest.profile,
         },
     )
     if s.identity_id:

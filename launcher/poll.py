@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -92,12 +93,17 @@ class TickReport:
     blocked: dict[str, str] = field(default_factory=dict)  # the first SAMPLE: name -> why
     blocked_total: int = 0
     held_for_recovery: int = 0  # claimable files listed by an unfinished claim: they wait for it
+    # Claimable files left in incoming/ because their job profile is at its own cap, by profile.
+    capped: dict[str, int] = field(default_factory=dict)
     active_groups: int | None = None
+    active_by_profile: dict[str, int] = field(default_factory=dict)
     room: int | None = None
     claimed: list[dict[str, Any]] = field(default_factory=list)
     launched: list[dict[str, Any]] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)
+    # Batches sent to failed/ at claim time: an invalid parameters file (launcher.claim).
+    rejected: list[dict[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_seconds: float = 0.0
 
@@ -152,13 +158,26 @@ class _Launcher:
         self.report = report
         self.existing = {g.name for g in groups}
         self.room = room_for_launches(clients, groups)
+        self.active = Counter(g.profile for g in groups)  # our groups per job profile
         self._lock = threading.Lock()
         report.active_groups = len(groups)
+        report.active_by_profile = dict(sorted(self.active.items()))
         report.room = self.room
 
+    def profile_room(self, profile: str) -> int:
+        """Groups profile `profile` may still create: its own cap (JOB_PROFILES
+        max_active_groups) less its groups, within the tick's room."""
+        cap = self.clients.settings.profile_cap(profile)
+        return max(0, min(self.room, cap - self.active[profile]))
+
     def launch(self, manifest: Manifest, etag: str, confirm: bool) -> LaunchResult | None:
+        """`confirm`: a batch of an earlier tick (recovery), launched only if its profile has
+        room; the tick's own batches had theirs reserved when they were planned."""
         if self.lease.lost:
             self.report.lease_lost = True
+            return None
+        if confirm and self.profile_room(manifest.profile) <= 0:
+            logger.info("batch %s: profile %s is at its cap", manifest.batch_id, manifest.profile)
             return None
         try:
             result = launch_batch(
@@ -174,6 +193,7 @@ class _Launcher:
                 self.existing.add(result.group)
                 if not result.adopted:
                     self.room -= 1
+                    self.active[manifest.profile] += 1
             self.report.launched.append(asdict(result) | {"etag": None})
             if result.error:
                 self.report.errors.append(f"batch {result.batch_id}: {result.error['code']}")
@@ -285,10 +305,13 @@ def _claim_and_launch(
             gate.refused.update(result.refused)
     if result.manifest is None or result.etag is None:
         return
-    report.claimed.append(
-        {"batch": result.manifest.batch_id, "files": result.owned, "dropped": result.dropped}
-    )
-    launcher.launch(result.manifest, result.etag, confirm=False)
+    m = result.manifest
+    entry = {"batch": m.batch_id, "files": result.owned, "dropped": result.dropped}
+    report.claimed.append(entry | {"profile": m.profile})
+    if m.state is State.FINISHING:  # its parameters file is invalid: straight to failed/
+        report.rejected.append({"batch": m.batch_id, "reason": m.reason or ""})
+        return
+    launcher.launch(m, result.etag, confirm=False)
 
 
 def _settle_earlier_batches(
@@ -323,6 +346,7 @@ class _Tick:
         self.futures: list[Future[None]] = []
         self.held: set[tuple[str, str]] = set()
         self.room = 0  # batches this tick may still start
+        self.used: Counter[str] = Counter()  # groups per profile, with this tick's batches
         self.stopped = False  # stopped listing before its end
 
     def run(self) -> None:
@@ -342,7 +366,9 @@ class _Tick:
             self.stopped = True
             return
         if self.pool is not None and self.room > 0:
-            for plan in self.planner.flush()[: self.room]:
+            for plan in self.planner.flush():
+                if self.room <= 0:
+                    break
                 self._submit(plan)
 
     def _pages(self) -> Iterator[Iterator[BlobProperties]]:
@@ -392,11 +418,20 @@ class _Tick:
             kept = [c for c in files if (c.name, c.etag.strip('"')) not in self.held]
             self.report.held_for_recovery += len(files) - len(kept)
             files = kept
-        for plan in self.planner.add(Plan(files, unit.folder)):
+        if self._profile_left(unit.profile) <= 0:
+            self._capped(unit.profile, len(files))
+            return True  # the listing goes on for the other profiles
+        for plan in self.planner.add(Plan(files, unit.folder, unit.profile)):
             self._submit(plan)
             if self.room <= 0:
                 return False
         return self.lease is not None and not self.lease.lost
+
+    def _profile_left(self, profile: str) -> int:
+        return min(self.room, self.s.profile_cap(profile) - self.used[profile])
+
+    def _capped(self, profile: str, files: int) -> None:
+        self.report.capped[profile] = self.report.capped.get(profile, 0) + files
 
     def _not_refused(self, files: list[Candidate]) -> list[Candidate]:
         """Files storage keeps refusing to move go to `blocked` (see launcher.refusals). The
@@ -444,6 +479,7 @@ class _Tick:
         self.room = launcher.room
         if self.room <= 0 or lease.lost:
             return False
+        self.used = Counter(launcher.active)
         self.held = _in_open_claims(clients, refs, report)
         self.gate = _BatchGate(lease, report)
         # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so
@@ -457,8 +493,13 @@ class _Tick:
         return True
 
     def _submit(self, plan: Plan) -> None:
+        """Start claiming a plan, if the room (and its profile's) allows; else its files wait."""
         assert self.pool is not None and self.gate is not None and self.launcher is not None
+        if self._profile_left(plan.profile) <= 0:
+            self._capped(plan.profile, len(plan.files))
+            return
         self.room -= 1
+        self.used[plan.profile] += 1
         self.futures.append(
             self.pool.submit(
                 _claim_and_launch, self.clients, self.gate, self.launcher, plan, self.report

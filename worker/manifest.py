@@ -43,10 +43,15 @@ class Manifest:
     ready_marker: str | None
     state: str | None = None
     attempt: int | None = None
+    params_file: str | None = None
 
     def is_marker(self, f: InputFile) -> bool:
-        """A ready marker (`_READY` or `.../_READY`) only signals a complete folder: not an input."""
-        marker = self.ready_marker
+        """A ready marker (`_READY` or `.../_READY`) only signals a complete folder, and a
+        folder's parameters file (`<folder>/_params.json`) reaches the container as ML_PARAM_*
+        variables: neither is an input."""
+        marker, params = self.ready_marker, self.params_file
+        if params and f.name.count("/") == 1 and f.name.split("/", 1)[1] == params:
+            return True
         return bool(marker) and (f.name == marker or f.name.endswith("/" + str(marker)))
 
 
@@ -90,7 +95,7 @@ def parse_manifest(data: bytes, expected_batch_id: str) -> Manifest:
                 size=size if isinstance(size, int) and not isinstance(size, bool) else None,
             )
         )
-    marker = raw.get("ready_marker")
+    marker, params = raw.get("ready_marker"), raw.get("params_file")
     state, attempt = raw.get("state"), raw.get("attempt")
     return Manifest(
         batch_id=batch_id if isinstance(batch_id, str) else None,
@@ -98,4 +103,5 @@ def parse_manifest(data: bytes, expected_batch_id: str) -> Manifest:
         ready_marker=marker if isinstance(marker, str) and marker else None,
         state=state if isinstance(state, str) else None,
         attempt=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
+        params_file=params if isinstance(params, str) and params else None,
     )

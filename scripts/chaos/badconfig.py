@@ -79,6 +79,8 @@ BAD_VALUES: dict[str, list[str | None]] = {
     "PRICE_VCPU_SECOND": ["-1", "x", "nan"],
     "PRICE_GB_SECOND": ["2", "x"],
     "PRICE_GPU_SECOND_V100": ["-0.1", "x"],
+    "JOB_PROFILES": ["{", "[]", '{"m": {"match": "m"}}', '{"m": {"match": "m/x", "image": "i"}}'],
+    "BATCH_PARAMS_FILE": ["a/b", "_params.json"],  # without JOB_PROFILES: refused too
 }
 # Cases that need more than one variable: (setting named in the message, variables to set,
 # variables to remove).
