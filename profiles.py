@@ -194,7 +194,8 @@ def parse_profiles(
 def _parse_profile(
     name: str, body: dict[str, Any], env: Mapping[str, str], cap: int, problems: list[str]
 ) -> Profile | None:
-    from config import _ENV_NAME_RE, _GUID_RE, GPU_SKUS  # noqa: PLC0415 (config imports this module)
+    from config import _GUID_RE, GPU_SKUS  # noqa: PLC0415 (config imports this module)
+    from settings_reader import _ENV_NAME_RE  # noqa: PLC0415
 
     where = f"JOB_PROFILES.{name}"
     before = len(problems)

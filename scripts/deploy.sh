@@ -65,7 +65,7 @@ log() {
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TEMPLATE="$REPO_ROOT/infra/main.bicep"
 # What the Function App runs; tests, localdev, worker, node_modules and .venv stay behind.
-APP_FILES=(function_app.py config.py host.json requirements.txt launcher cleanup)
+APP_FILES=(function_app.py config.py settings_reader.py profiles.py host.json requirements.txt launcher cleanup)
 # Names infra/main.bicep sets itself; extras may not override them.
 TEMPLATE_SETTINGS=" FUNCTIONS_EXTENSION_VERSION AZUREWEBJOBSSTORAGE__ACCOUNTNAME
   APPLICATIONINSIGHTS_CONNECTION_STRING STORAGE_ACCOUNT_URL WATCH_CONTAINER POLL_SCHEDULE

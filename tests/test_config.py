@@ -11,9 +11,9 @@ from config import (
     ConfigError,
     load_settings,
     load_settings_file,
-    ncrontab_problem,
     settings_environment,
 )
+from settings_reader import ncrontab_problem
 
 SUB = "00000000-0000-0000-0000-000000000001"
 
