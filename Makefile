@@ -57,7 +57,7 @@ chaos: venv
 
 ## Benchmark: idle cost, claim speed vs the one-by-one baseline, scale, launch, sweep.
 bench: venv
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench
 
 ## Deploy to Azure (needs the az CLI and a subscription): see docs/deployment.md.
 deploy:

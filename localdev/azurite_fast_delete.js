@@ -1,4 +1,4 @@
-// Node preload for Azurite, used by the benchmark only (scripts/bench.py; opt out: --stock-azurite).
+// Node preload for Azurite, used by the benchmark only (python -m scripts.bench; opt out: --stock-azurite).
 //
 // Why: stock Azurite's Delete Blob costs CPU in proportion to the blobs it stores, twice over:
 // 1. it removes the row with LokiJS `Collection.findAndRemove`, which goes through

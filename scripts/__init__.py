@@ -1,1 +1,1 @@
-"""Developer scripts: `python -m scripts.chaos`, `scripts/bench.py`, `scripts/drop.py`."""
+"""Developer scripts: `python -m scripts.chaos`, `python -m scripts.bench`, `scripts/drop.py`."""

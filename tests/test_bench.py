@@ -1,4 +1,4 @@
-"""`scripts/bench.py --tiny` works end to end and its request-count rows meet their targets.
+"""`python -m scripts.bench --tiny` works end to end and its request-count rows meet their targets.
 
 Only counts are asserted: they are deterministic (the proxies count every request the app
 sends), while timings and memory depend on the machine and are never asserted anywhere.
@@ -44,7 +44,7 @@ COUNTED = {
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--tiny", "--json", str(out)],
+        [sys.executable, "-m", "scripts.bench", "--tiny", "--json", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
