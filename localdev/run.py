@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
@@ -229,7 +229,10 @@ def batches(container: ContainerClient, values: dict[str, str]) -> list[dict[str
     ):
         for blob in container.list_blobs(name_starts_with=prefix):
             if blob.name.endswith("/_batch.json") and blob.name.count("/") == prefix.count("/") + 1:
-                m = json.loads(container.download_blob(blob.name).readall())
+                try:
+                    m = json.loads(container.download_blob(blob.name).readall())
+                except ResourceNotFoundError:
+                    continue  # moved on (to done/ or failed/) since the listing: seen next round
                 last = (m.get("attempts") or [{}])[-1]
                 rows.append(
                     {
