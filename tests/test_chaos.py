@@ -88,6 +88,11 @@ def test_the_scenarios_really_ran(report: dict[str, Any]) -> None:
     assert crash["trials"] >= 8 and crash["figures"]["kills_fired"] >= crash["trials"] - 2, fired
     assert "poll:" in fired and "sweep:" in fired, fired
     assert crash["finished"] > 0 and crash["dropped"] > 0
+    # Every finished batch's notification arrived (distinct ids = finished batches; the checker
+    # fails a trial on a missing, unexpected or non-deduplicable message), also in the trial
+    # killed between a batch's finish and its notification.
+    assert "sweep:queue_send" in fired, fired
+    assert crash["figures"]["notified"] == crash["finished"], crash["figures"]
     assert race["dropped"] >= 100 and race["figures"]["ticks"] >= 30
     assert race["figures"]["poll_ticks"] > 0 and race["figures"]["sweep_ticks"] > 0
     assert faults["figures"]["storage_faults"] > 0 and faults["finished"] > 0

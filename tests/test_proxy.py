@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,9 +38,10 @@ from azure.storage.blob import (
     LinearRetry,
     generate_blob_sas,
 )
+from azure.storage.queue import QueueClient
 
 from localdev.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, connection_string
-from localdev.proxy import FaultConfig, Proxy, arm_kind, kind_matches, storage_kind
+from localdev.proxy import FaultConfig, Proxy, arm_kind, kind_matches, queue_kind, storage_kind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -232,6 +234,37 @@ ARM = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerInstance/
 )
 def test_arm_kind(method: str, path: str, query: str, kind: str) -> None:
     assert arm_kind(method, path, query, {}) == kind
+
+
+def test_queue_kinds_of_a_real_sdk_sequence(azurite: Azurite) -> None:
+    """The SDK's Queue requests, through the proxy to Azurite's queue service, get the kinds the
+    chaos suite aims its notification crash point at (queue_send)."""
+    assert azurite.queue_port is not None
+    with Proxy(f"http://127.0.0.1:{azurite.queue_port}", classify=queue_kind) as p:
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"QueueEndpoint={p.url}/{ACCOUNT};"
+        )
+        name = f"q{uuid.uuid4().hex[:12]}"
+        queue = QueueClient.from_connection_string(conn, name)
+        queue.create_queue()
+        queue.send_message("one")
+        queue.send_message("two")
+        assert [m.content for m in queue.peek_messages(max_messages=5)] == ["one", "two"]
+        got = queue.receive_message(visibility_timeout=60)
+        assert got is not None and got.content == "one"
+        queue.delete_message(got)
+        queue.get_queue_properties()
+        counts = p.counts()
+    kinds = {k: v for k, v in counts.items() if k != "total"}
+    assert kinds == {
+        "queue_create": 1,
+        "queue_send": 2,
+        "queue_peek": 1,
+        "queue_receive": 1,
+        "queue_delete_message": 1,
+        "queue_other": 1,
+    }, counts
 
 
 def test_kind_matching() -> None:

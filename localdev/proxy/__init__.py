@@ -1,10 +1,10 @@
 """Loopback HTTP(S) reverse proxy for tests, chaos runs and benchmarks.
 
 Sits between a client (the azure SDKs, the launcher, a poller in another process) and a local
-emulator (Azurite for blobs, the ARM emulator for Container Instances) so a run can:
+emulator (Azurite for blobs and queues, the ARM emulator for Container Instances) so a run can:
 
-* COUNT requests by kind (`storage_kind` / `arm_kind` classify them) and add a fixed DELAY per
-  request, standing in for a cloud round trip in benchmarks;
+* COUNT requests by kind (`storage_kind` / `queue_kind` / `arm_kind` classify them) and add a
+  fixed DELAY per request, standing in for a cloud round trip in benchmarks;
 * inject FAULTS (500, 503, 429 + Retry-After, and dropped connections both before forwarding and
   after the upstream applied the request: "applied but the response was lost");
 * fire TRIGGERS: a callback (e.g. `os.kill(pid, SIGKILL)`) on the Nth request of a kind, before it
@@ -26,7 +26,7 @@ answers), `handler` (the HTTP server and per-connection forwarding), `core` (`Pr
 
 from __future__ import annotations
 
-from .classify import Classifier, Flavor, arm_kind, kind_matches, storage_kind
+from .classify import Classifier, Flavor, arm_kind, kind_matches, queue_kind, storage_kind
 from .cli import main
 from .core import MAX_PAUSE_SECONDS, Proxy
 from .handler import BUFFER_LIMIT, CHUNK, CONTROL_PREFIX, HOP_BY_HOP
@@ -50,5 +50,6 @@ __all__ = [
     "arm_kind",
     "kind_matches",
     "main",
+    "queue_kind",
     "storage_kind",
 ]

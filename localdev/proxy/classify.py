@@ -120,6 +120,31 @@ def arm_kind(
     return "arm_other"
 
 
+def queue_kind(
+    method: str, path: str, query: str | Mapping[str, str], headers: Mapping[str, str]
+) -> str:
+    """Classify a Queue REST request (the completion notifications' queue).
+
+    Kinds: ``queue_send`` (POST .../messages: Put Message), ``queue_receive`` (GET messages),
+    ``queue_peek`` (GET messages?peekonly=true), ``queue_delete_message``, ``queue_create``,
+    ``queue_other``.
+    """
+    m = method.upper()
+    q = _query(query)
+    parts = [p for p in path.split("/") if p]  # account, queue[, messages[, id]]
+    if len(parts) >= 3 and parts[2] == "messages":
+        if m == "POST":
+            return "queue_send"
+        if m == "GET":
+            return "queue_peek" if q.get("peekonly") == "true" else "queue_receive"
+        if m == "DELETE" and len(parts) == 4:
+            return "queue_delete_message"
+        return "queue_other"
+    if len(parts) == 2 and m == "PUT" and not q.get("comp"):
+        return "queue_create"
+    return "queue_other"
+
+
 def kind_matches(pattern: str, kind: str) -> bool:
     """``*`` matches anything; ``lease`` matches ``lease`` and every ``lease:<action>``."""
     return pattern in ("*", kind) or kind.startswith(pattern + ":")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azure.storage.blob import ContainerClient
+from azure.storage.queue import QueueClient
 
 from .core import HASH_LIMIT, MIB
 from .report import Row
@@ -70,6 +71,14 @@ class Verdict:
     # (the retry's copy landed, its delete of the failed copy did not): intended, not duplicated.
     retried_twice: list[str] = field(default_factory=list)
     batches: dict[str, list[str]] = field(default_factory=dict)  # dropped key -> finished batches
+    # Completion notifications (arenas with a queue): distinct message ids received, repeats
+    # (the same id again: at-least-once, dropped by receivers), finished batches with no
+    # message, and messages that are wrong (no such finished batch, a field that disagrees with
+    # the final manifest, or two different bodies under one id: not deduplicable).
+    notified: int = 0
+    notify_repeats: int = 0
+    notify_missing: list[str] = field(default_factory=list)
+    notify_wrong: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -78,6 +87,8 @@ class Verdict:
             or self.duplicated
             or self.stuck
             or self.double_launched
+            or self.notify_missing
+            or self.notify_wrong
             or self.unfinished
             or self.unsafe_paths
             or self.quarantined
@@ -91,6 +102,8 @@ class Verdict:
             f"{len(self.double_launched)} double-launched",
             f"{self.finished} batches finished",
         ]
+        if self.notified or self.notify_repeats:
+            parts.append(f"{self.notified} notified ({self.notify_repeats} repeats)")
         for label, items in (
             ("stuck", self.stuck),
             ("unfinished", self.unfinished),
@@ -99,6 +112,8 @@ class Verdict:
             ("quarantined batch folders", self.quarantined),
             ("files kept in quarantined batches", self.kept),
             ("files in a retried batch and its rerun", self.retried_twice),
+            ("finished batches without a notification", self.notify_missing),
+            ("wrong notifications", self.notify_wrong),
         ):
             if items:
                 parts.append(f"{len(items)} {label}")
@@ -114,6 +129,8 @@ class Verdict:
             ("unfinished", self.unfinished),
             ("unsafe path", self.unsafe_paths),
             ("quarantined", self.quarantined),
+            ("not notified", self.notify_missing),
+            ("wrong notification", self.notify_wrong),
         ):
             for item in items[:limit]:
                 out.append(f"{label}: {item!r}")
@@ -172,6 +189,7 @@ class Checker:
         # Finished batches and the inputs their manifests list; for each entry, whether it is
         # in a failed batch that `cleanup retry` says it restored.
         located: dict[str, list[tuple[str, str, bool]]] = {}
+        finals: dict[str, dict[str, Any]] = {}  # notification id -> final manifest
         recorded_groups: set[str] = set()
         in_flight: dict[str, list[tuple[str, str]]] = {}
         kept: dict[str, str] = {}
@@ -190,6 +208,7 @@ class Checker:
                 continue
             v.finished += 1
             state = manifest.get("state")
+            finals[f"{batch}:{state}"] = manifest
             if (prefix, state) not in (("done/", "succeeded"), ("failed/", "failed")):
                 v.unfinished.append(f"{folder}_batch.json has state {state!r}")
             recorded_groups.update(a.get("group") or "" for a in manifest.get("attempts", []))
@@ -258,7 +277,49 @@ class Checker:
         if expect_groups_gone:
             left = [str(g.name) for g in self.stack.groups(arena.rg)]
             v.unfinished += [f"group still exists: {n}" for n in left]
+        if arena.queue is not None:
+            check_notifications(arena.queue, finals, v)
         return v
+
+
+def check_notifications(queue: QueueClient, finals: dict[str, dict[str, Any]], v: Verdict) -> None:
+    """Every finished batch has its message (id `<batch>:<state>`), every message belongs to a
+    finished batch and agrees with its final manifest, and repeats of an id are byte-identical,
+    so a receiver that drops repeats by id sees each batch exactly once."""
+    bodies: dict[str, set[str]] = {}
+    copies = 0
+    # Received messages stay invisible for the visibility timeout, so the loop ends.
+    for msg in queue.receive_messages(messages_per_page=32, visibility_timeout=3600):
+        copies += 1
+        text = str(msg.content)
+        try:
+            doc = json.loads(text)
+            key = str(doc["id"])
+        except (ValueError, KeyError, TypeError):
+            v.notify_wrong.append(f"unreadable message {text[:80]!r}")
+            continue
+        bodies.setdefault(key, set()).add(text)
+    v.notified = len(bodies)
+    v.notify_repeats = copies - len(bodies) - len(v.notify_wrong)
+    for key in sorted(finals.keys() - bodies.keys()):
+        v.notify_missing.append(f"no message for finished batch {key}")
+    for key, texts in sorted(bodies.items()):
+        if len(texts) > 1:
+            v.notify_wrong.append(f"{key}: {len(texts)} different bodies under one id")
+        manifest = finals.get(key)
+        if manifest is None:
+            v.notify_wrong.append(f"{key}: no finished batch with this id and state")
+            continue
+        doc = json.loads(next(iter(texts)))
+        expected = {
+            "batch": manifest["batch_id"],
+            "state": manifest["state"],
+            "files": len(manifest["files"]),
+            "attempts": manifest.get("attempt"),
+        }
+        got = {k: doc.get(k) for k in expected}
+        if got != expected:
+            v.notify_wrong.append(f"{key}: message says {got}, final manifest {expected}")
 
 
 def read_manifest(
@@ -292,6 +353,9 @@ def add_verdict(row: Row, v: Verdict, label: str) -> None:
     row.duplicated += len(v.duplicated)
     row.double_launched += len(v.double_launched)
     row.finished += v.finished
+    if v.notified or v.notify_repeats:
+        row.figures["notified"] = row.figures.get("notified", 0) + v.notified
+        row.figures["notify_repeats"] = row.figures.get("notify_repeats", 0) + v.notify_repeats
     row.figures["group_creates"] = row.figures.get("group_creates", 0) + v.creates
     if v.unrecorded_groups:
         # A group ran that no finished batch records: its run is not accounted for.

@@ -21,8 +21,10 @@ from .stack import Dropped, Run, Stack
 
 # (role, request kind, highest nth): where a SIGKILL lands. Poll: claim (list, copy, the Blob
 # Batch of conditional deletes, manifest put_blob) and launch (arm_put). Sweep: finalize (arm_get,
-# arm_logs, put_blob of logs and manifests), relaunch (arm_put via hand-back), delete
-# (arm_delete) and the move to done/failed (list, copy, delete).
+# arm_logs, put_blob of logs, manifests and the notification outbox), relaunch (arm_put via
+# hand-back), delete (arm_delete), the move to done/failed (list, copy, delete) and the
+# completion notification (queue_send: after the batch finished, before or after its message
+# went out and before the manifest records it). Every trial's arena has a notification queue.
 CRASH_POINTS: tuple[tuple[str, str, int], ...] = (
     ("poll", "list", 2),
     ("poll", "copy", 6),
@@ -37,17 +39,21 @@ CRASH_POINTS: tuple[tuple[str, str, int], ...] = (
     ("sweep", "arm_logs", 3),
     ("sweep", "arm_delete", 3),
     ("sweep", "arm_put", 2),
+    ("sweep", "queue_send", 2),
 )
 
 
 def scenario_crash(stack: Stack, mode: Mode, rng: random.Random, report: Report) -> Row:
     row = Row("crash: SIGKILL poll/sweep at a request")
     storage = stack.storage_proxy()
+    queue = stack.queue_proxy()
     arm = stack.arm_proxy()
     checker = Checker(stack)
     plans = []
     points = list(CRASH_POINTS)
     rng.shuffle(points)  # a short run still covers a seeded mix of roles and phases
+    # ... and always the crash between a batch's finish and its notification.
+    points.sort(key=lambda p: p[1] != "queue_send")
     for i in range(mode.crash_trials):
         role, kind, top = points[i % len(points)]
         plans.append(
@@ -60,9 +66,9 @@ def scenario_crash(stack: Stack, mode: Mode, rng: random.Random, report: Report)
     def trial(plan: tuple[int, str, str, int, str, float]) -> None:
         i, role, kind, nth, when, seed = plan
         trng = random.Random(seed)
-        arena = stack.arena("crash")
+        arena = stack.arena("crash", notify=True)
         holder: dict[str, subprocess.Popen[bytes]] = {}
-        proxy = arm if kind.startswith("arm_") else storage
+        proxy = arm if kind.startswith("arm_") else queue if kind.startswith("queue_") else storage
         target = f"c{i}.{role}"
 
         def kill() -> None:
@@ -75,7 +81,7 @@ def scenario_crash(stack: Stack, mode: Mode, rng: random.Random, report: Report)
             config.BATCH_MAX_FILES: str(trng.randint(1, 4)),
             config.ACI_COMMAND: FLAKY_COMMAND,
         }
-        poll_env = stack.env(arena, storage, arm, settings)
+        poll_env = stack.env(arena, storage, arm, settings, queue=queue)
         sweep_env = dict(poll_env)
         files = [f"incoming/t{i}/f{k:02d}.txt" for k in range(trng.randint(3, 10))]
         drop_files(arena, files, trng, workers=4)

@@ -13,14 +13,19 @@ from typing import Any
 from .core import Interrupted
 from .stack import Arena, Run, Stack, break_leases
 
+# Where unsent completion notifications wait (LOCK_PREFIX is the default `locks/` in chaos).
+OUTBOX = "locks/outbox/"
+
 
 def quiescent(stack: Stack, arena: Arena, allowed_incoming: set[str] | None = None) -> bool:
-    """incoming/ holds only what may stay, nothing is in processing/, no group exists."""
+    """incoming/ holds only what may stay, nothing is in processing/, no notification waits
+    in the outbox (cleanup/notify.py), no group exists."""
     for blob in arena.container.list_blobs(name_starts_with="incoming/"):
         if allowed_incoming is None or blob.name not in allowed_incoming:
             return False
-    if next(iter(arena.container.list_blobs(name_starts_with="processing/")), None) is not None:
-        return False
+    for prefix in ("processing/", OUTBOX):
+        if next(iter(arena.container.list_blobs(name_starts_with=prefix)), None) is not None:
+            return False
     return not stack.groups(arena.rg)
 
 

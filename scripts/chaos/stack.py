@@ -23,11 +23,12 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 from azure.storage.blob import BlobLeaseClient, BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy
 
 import config
 from localdev.aci_emulator.testing import Emulator, make_client, start_emulator
 from localdev.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, run_azurite
-from localdev.proxy import Classifier, Proxy, arm_kind, storage_kind
+from localdev.proxy import Classifier, Proxy, arm_kind, queue_kind, storage_kind
 
 from .core import MIB, PASS_COMMAND, REPO_ROOT, SUBSCRIPTION, TAG_ENV, TAG_RE, Interrupted
 
@@ -181,6 +182,8 @@ class Arena:
     container: ContainerClient
     rg: str
     dropped: dict[str, Dropped] = field(default_factory=dict)
+    # The arena's completion-notification queue (NOTIFY_QUEUE), read directly by the checker.
+    queue: QueueClient | None = None
 
 
 @dataclass
@@ -196,7 +199,8 @@ class Dropped:
 
 
 class Stack(contextlib.ExitStack):
-    """Azurite, the ACI emulator, direct (unproxied) clients and the process registry."""
+    """Azurite (blob and queue services), the ACI emulator, direct (unproxied) clients and the
+    process registry."""
 
     def __init__(self, workdir: Path, seed: int) -> None:
         super().__init__()
@@ -212,10 +216,11 @@ class Stack(contextlib.ExitStack):
         self.azurite: Azurite
         self.emulator: Emulator
         self.service: BlobServiceClient
+        self.queues: QueueServiceClient
         self.arm: ContainerInstanceManagementClient
 
     def start(self) -> Stack:
-        self.azurite = self.enter_context(run_azurite())
+        self.azurite = self.enter_context(run_azurite(queue_port=0))
         # Azure's defaults (provisioning time, update semantics, limits, quotas), and the
         # arenas' resource groups (`rg-chaos-...`) exist. One exception: the create/delete
         # budgets (100 per 5 minutes, 300 per hour per subscription and region) are lifted.
@@ -240,6 +245,7 @@ class Stack(contextlib.ExitStack):
         self.service = BlobServiceClient.from_connection_string(
             self.azurite.connection_string, max_single_put_size=64 * MIB, max_block_size=64 * MIB
         )
+        self.queues = QueueServiceClient.from_connection_string(self.azurite.connection_string)
         self.arm = make_client(self.emulator, SUBSCRIPTION, polling_interval=0.2)
         return self
 
@@ -247,14 +253,25 @@ class Stack(contextlib.ExitStack):
     def storage_upstream(self) -> str:
         return f"http://127.0.0.1:{self.azurite.port}"
 
-    def arena(self, label: str) -> Arena:
-        """A fresh container + resource group (names unique per run)."""
+    @property
+    def queue_upstream(self) -> str:
+        return f"http://127.0.0.1:{self.azurite.queue_port}"
+
+    def arena(self, label: str, notify: bool = False) -> Arena:
+        """A fresh container + resource group (names unique per run); with `notify`, a queue of
+        the same name that the app sends completion notifications to (NOTIFY_QUEUE)."""
         with self._lock:
             self._counter[label] += 1
             n = self._counter[label]
         name = f"chaos-{label}-{self.seed % 100000}-{n}-{random.Random().randrange(16**6):06x}"
         container = self.service.create_container(name[:63])
-        return Arena(name=name[:63], container=container, rg=f"rg-{name[:60]}")
+        queue = None
+        if notify:
+            queue = self.queues.get_queue_client(
+                name[:63], message_decode_policy=TextBase64DecodePolicy()
+            )
+            queue.create_queue()
+        return Arena(name=name[:63], container=container, rg=f"rg-{name[:60]}", queue=queue)
 
     def proxy(
         self, upstream: str, classify: Classifier, seed: int | None = None, **kwargs: Any
@@ -268,6 +285,9 @@ class Stack(contextlib.ExitStack):
 
     def storage_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(self.storage_upstream, classify or tagged(storage_kind), **kwargs)
+
+    def queue_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
+        return self.proxy(self.queue_upstream, classify or tagged(queue_kind), **kwargs)
 
     def arm_proxy(self, classify: Classifier | None = None, **kwargs: Any) -> Proxy:
         return self.proxy(
@@ -286,16 +306,24 @@ class Stack(contextlib.ExitStack):
         storage: Proxy | None = None,
         arm: Proxy | None = None,
         overrides: Mapping[str, str] | None = None,
+        queue: Proxy | None = None,
     ) -> dict[str, str]:
         """Settings for a poll/sweep process, as environment variables (like
         tests/conftest.py `Pipeline.subprocess_env`), with the caller's environment scrubbed
-        of every setting so nothing from the shell leaks in."""
+        of every setting so nothing from the shell leaks in. An arena with a queue gets
+        NOTIFY_QUEUE, its queue endpoint through `queue` when given."""
         env = {k: v for k, v in os.environ.items() if not is_setting(k)}
+        connection = storage.blob_connection_string() if storage else self.azurite.connection_string
+        if arena.queue is not None:
+            endpoint = f"{queue.url if queue else self.queue_upstream}/{ACCOUNT}"
+            connection = ";".join(
+                p for p in connection.split(";") if p and not p.startswith("QueueEndpoint=")
+            )
+            connection += f";QueueEndpoint={endpoint};"
+            env[config.NOTIFY_QUEUE] = arena.queue.queue_name
         env.update(
             {
-                config.STORAGE_CONNECTION_STRING: storage.blob_connection_string()
-                if storage
-                else self.azurite.connection_string,
+                config.STORAGE_CONNECTION_STRING: connection,
                 config.WATCH_CONTAINER: arena.name,
                 config.AZURE_SUBSCRIPTION_ID: SUBSCRIPTION,
                 config.ACI_RESOURCE_GROUP: arena.rg,
