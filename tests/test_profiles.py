@@ -14,7 +14,8 @@ from cleanup.status import now_snapshot
 from cleanup.sweep import sweep
 from config import ConfigError, load_settings
 from launcher.poll import poll
-from tests.conftest import Pipeline
+from profiles import check_params
+from tests.conftest import REPO_ROOT, Pipeline
 from tests.helpers import all_names, drop, settings_env
 
 PRINT_PARAMS = [
@@ -239,3 +240,49 @@ def test_without_job_profiles_nothing_changes(pipeline: Pipeline) -> None:
     )
     [group] = pipeline.groups()
     assert group.tags["ml-profile"] == "default"
+
+
+def test_the_worked_example_in_the_docs_is_valid_and_routes_as_it_says() -> None:
+    """docs/profiles.md's two-model example, exactly as written (its `...` resource-ID parts
+    filled in), loads, and routes and checks parameters the way the text beneath it says."""
+    text = (REPO_ROOT / "docs" / "profiles.md").read_text(encoding="utf-8")
+    example = text.split("## Worked example: two models", 1)[1]
+    block = example.split("```text\n", 1)[1].split("```", 1)[0]
+    head, raw = block.split("JOB_PROFILES=\n", 1)
+    written = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
+    env = settings_env("UseDevelopmentStorage=true", "worked-example")
+    env.pop("ACI_IMAGE")
+    env |= written
+    env["JOB_PROFILES"] = raw.replace(
+        "/subscriptions/.../",
+        "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.ManagedIdentity/",
+    )
+    s = load_settings(env)
+    assert [p.name for p in s.job_profiles] == ["model-a", "model-b"]
+    assert not s.has_default_profile
+    for path, expected in (
+        ("model-a-2024-06-01/img001.png", "model-a"),
+        ("model-b-run7/scan01.tif", "model-b"),
+        ("misc/notes.txt", None),
+    ):
+        assert s.profile_of(path) == expected, path
+    b = next(p for p in s.job_profiles if p.name == "model-b")
+    assert s.profile_cap("model-b") == 4
+    env_b, why = check_params(b.params, json.dumps({"threshold": 0.8}).encode())
+    assert (env_b, why) == ({"ML_PARAM_THRESHOLD": "0.8", "ML_PARAM_MODE": "fast"}, "")
+    _, why = check_params(b.params, json.dumps({"threshold": 2}).encode())
+    assert "'threshold'" in why
+
+
+def test_the_readme_two_model_snippet_is_valid() -> None:
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    snippet = text.split("Two models:", 1)[1].split("`", 2)[1]
+    env = settings_env("UseDevelopmentStorage=true", "readme")
+    env.pop("ACI_IMAGE")
+    env["JOB_PROFILES"] = " ".join(snippet.split())
+    s = load_settings(env)
+    assert [(p.name, s.profile_cap(p.name)) for p in s.job_profiles] == [
+        ("model-a", 20),
+        ("model-b", 4),
+    ]
+    assert s.profile_of("b-2026/x.png") == "model-b" and s.profile_of("c/x.png") is None
