@@ -161,6 +161,7 @@ fi
 
 # Completion notifications, checked as config.py checks NOTIFY_* (the app would refuse to start).
 if [[ -n "$NOTIFY_QUEUE" ]]; then
+  NOTIFY_QUEUE="$(printf '%s' "$NOTIFY_QUEUE" | tr '[:upper:]' '[:lower:]')" # as config.py does
   [[ "$NOTIFY_QUEUE" =~ ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$ && "$NOTIFY_QUEUE" != *--* ]] \
     || die "--notify-queue '$NOTIFY_QUEUE' is not a valid queue name (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)"
 fi
