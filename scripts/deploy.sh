@@ -34,6 +34,7 @@ Options:
   --subnet-id ID              SUBNET_ID                public: delegated subnet for the container
                                                        groups (private mode creates its own)
   --poll-schedule CRON        POLL_SCHEDULE            default '0 */1 * * * *'
+  --janitor-schedule CRON     JANITOR_SCHEDULE         default '30 */2 * * * *'
   --notify-queue NAME         NOTIFY_QUEUE             a storage queue in the data account that gets
                                                        a message per finished batch (created, with a
                                                        send-only role for the app; private mode adds
@@ -44,7 +45,6 @@ Options:
                                                        (at least 16 characters), never from an argument
   --job-profiles FILE         JOB_PROFILES_FILE        a JSON file of job profiles (docs/profiles.md),
                                                        checked here, deployed as JOB_PROFILES
-  --janitor-schedule CRON     JANITOR_SCHEDULE         default '30 */2 * * * *'
   --skip-publish                                       deploy infrastructure and settings only
   --what-if                                            show what the deployment would change, then stop
   -h, --help
