@@ -108,11 +108,11 @@ GROUP_LIMITS: dict[tuple[str, int] | None, tuple[float, float]] = {
     ("V100", 4): (24, 448),
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-# Default per-second prices (USD): ACI Linux pay-as-you-go list prices, region East US, as
-# documented in docs/notifications.md ("Cost per batch", with the date they were taken).
-DEFAULT_PRICE_VCPU_SECOND = 0.0000113
-DEFAULT_PRICE_GB_SECOND = 0.0000012
-DEFAULT_PRICE_GPU_SECOND = {"V100": 0.000845}
+# Default per-second prices (USD): ACI Linux pay-as-you-go hourly list prices for East US
+# divided by 3600; their source, date and caveats: docs/notifications.md ("Cost per batch").
+DEFAULT_PRICE_VCPU_SECOND = 0.0405 / 3600  # "Standard vCPU Duration", USD 0.0405 per hour
+DEFAULT_PRICE_GB_SECOND = 0.00445 / 3600  # "Standard Memory Duration", USD 0.00445 per GB-hour
+DEFAULT_PRICE_GPU_SECOND = {"V100": 3.06 / 3600}  # "V100 GPU Duration", USD 3.06 (unverified)
 MIN_WEBHOOK_SECRET = 16
 _QUEUE_RE = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 

@@ -7,6 +7,8 @@ python -m cleanup logs BATCH [--attempt N]    a batch's container log
 python -m cleanup retry BATCH [--json]        put a failed batch's inputs back
 python -m cleanup release BATCH               move a quarantined batch to failed/
 python -m cleanup backfill-index              index batches finished before the history index
+python -m cleanup costs [--days N] [--batches] [--json]
+                                              usage and estimated cost per profile (and batch)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from cleanup import history
+from cleanup import costs, history
 from cleanup.admin import BadRequest, batch_logs, release_quarantined, retry_failed
 from cleanup.sweep import sweep
 from config import ConfigError, load_local_settings
@@ -55,9 +57,20 @@ def main(argv: list[str] | None = None) -> int:
         "release", help="move a quarantined batch to failed/ so that retry can restore it"
     )
     p_release.add_argument("batch")
+    p_costs = sub.add_parser(
+        "costs", help="usage and estimated cost per profile of the batches claimed in a window"
+    )
+    p_costs.add_argument(
+        "--days",
+        default=str(costs.DEFAULT_DAYS),
+        help=f"the window: batches claimed in the last N days (default {costs.DEFAULT_DAYS}, "
+        f"at most {costs.MAX_DAYS})",
+    )
+    p_costs.add_argument("--batches", action="store_true", help="also one line per batch")
+    p_costs.add_argument("--json", action="store_true", help="the summary as JSON, for scripts")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_settings_option(parser)
-    for command in (p_sweep, p_list, p_logs, p_retry, p_release, p_backfill):
+    for command in (p_sweep, p_list, p_logs, p_retry, p_release, p_backfill, p_costs):
         add_settings_option(command, sub=True)
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -108,6 +121,13 @@ def _run(args: argparse.Namespace, clients: Clients) -> int:
             logs.text if logs.text.endswith("\n") or not logs.text else logs.text + "\n"
         )
         return 0
+    if args.command == "costs":
+        summary = costs.per_profile(clients, costs.window_days(args.days), args.batches)
+        if args.json:
+            _dump(summary)
+        else:
+            print(costs_text(summary))
+        return 0
     if args.command == "backfill-index":
         _dump({"indexed": history.backfill(clients)})
         return 0
@@ -141,6 +161,70 @@ def retry_text(result: dict[str, Any], incoming: str) -> str:
         f"the next poll claims them as a new batch that names this one (retry_of {batch}); "
         "`python -m cleanup batches` shows both"
     )
+    return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]], numeric_from: int) -> str:
+    """Aligned columns; columns from `numeric_from` on are right-aligned (numbers)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i >= numeric_from else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _amount(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _usage_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        _amount(row.get("vcpu_seconds"), 1),
+        _amount(row.get("gb_seconds"), 1),
+        _amount(row.get("gpu_seconds"), 1),
+        _amount(row.get("cost"), 6),
+    )
+
+
+USAGE_HEADER = ("VCPU-S", "GB-S", "GPU-S")
+
+
+def costs_text(summary: dict[str, Any]) -> str:
+    """The cost summary as tables: one line per profile and the total, then (with --batches)
+    one line per batch."""
+    currency = summary["currency"]
+    lines = [
+        f"estimated cost of the batches claimed {summary['since']} .. {summary['until']} "
+        f"({summary['days']:g} days; {currency} at the PRICE_* settings; running batches not "
+        "counted)"
+    ]
+    if not summary["profiles"]:
+        lines.append("no finished batches in this window")
+        return "\n".join(lines)
+    table: list[tuple[str, ...]] = [
+        ("PROFILE", "BATCHES", "SUCCEEDED", "FAILED", "ATTEMPTS", *USAGE_HEADER, currency)
+    ]
+    for name, p in summary["profiles"].items():
+        counts = (p["batches"], p["succeeded"], p["failed"], p["attempts"])
+        table.append((name, *map(str, counts), *_usage_cells(p)))
+    total = summary["total"]
+    table.append(
+        ("(total)", str(total["batches"]), "", "", str(total["attempts"]), *_usage_cells(total))
+    )
+    lines.append(_table(table, numeric_from=1))
+    if summary["truncated"]:
+        lines.append(f"truncated: only the newest {costs.MAX_ENTRIES} batches are summed")
+    if "per_batch" in summary:
+        rows: list[tuple[str, ...]] = [
+            ("BATCH", "PROFILE", "STATE", "ATTEMPTS", *USAGE_HEADER, currency)
+        ]
+        for b in summary["per_batch"]:
+            attempts = "-" if b["attempt"] is None else str(b["attempt"])
+            rows.append((b["batch"], b["profile"], b["state"], attempts, *_usage_cells(b)))
+        lines += ["", _table(rows, numeric_from=3)]
     return "\n".join(lines)
 
 

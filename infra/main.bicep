@@ -96,8 +96,11 @@ param notifyQueueName string = ''
 param notifyWebhookUrl string = ''
 
 @secure()
-@description('HMAC-SHA256 key of the webhook signature (NOTIFY_WEBHOOK_SECRET, at least 16 characters); required with notifyWebhookUrl.')
+@description('HMAC-SHA256 key of the webhook signature (NOTIFY_WEBHOOK_SECRET, at least 16 characters); required with notifyWebhookUrl, ignored without it. Secure: never shown in the deployment history or outputs.')
 param notifyWebhookSecret string = ''
+
+@description('Optional job profiles (JOB_PROFILES, docs/profiles.md): profile name -> profile, e.g. {"model-a": {"match": "a*", "image": "myacr.azurecr.io/model-a:1"}}. Written to the app setting as JSON; config.py validates it when the app starts. Empty: no JOB_PROFILES setting (the ACI_* settings are the only profile). Secrets do not belong here: profiles name other app settings ("@SETTING").')
+param jobProfiles object = {}
 
 @description('Tags for every resource.')
 param tags object = {}
@@ -146,14 +149,19 @@ var dataPublicNetworkAccess = isPrivate && empty(dataAllowedIpRanges) ? 'Disable
 var networkDefaultAction = isPrivate ? 'Deny' : 'Allow'
 var dataIpRules = [for range in (isPrivate ? dataAllowedIpRanges : []): { value: range, action: 'Allow' }]
 
-// Private endpoints, one per account and storage service in use: the watched data is blob only;
+// Private endpoints, one per account and storage service in use: the watched data is blob, plus
+// queue when the app sends completion notifications to a queue in that account (NOTIFY_QUEUE);
 // the Functions host keeps timer locks, keys and the deployment package in blobs and diagnostic
-// events in tables. Timer and HTTP triggers use no queues (add 'queue' here with a queue trigger).
-var storageEndpoints = [
-  { name: 'data-blob', storageId: dataStorage.id, group: 'blob' }
-  { name: 'host-blob', storageId: hostStorage.id, group: 'blob' }
-  { name: 'host-table', storageId: hostStorage.id, group: 'table' }
-]
+// events in tables. Timer and HTTP triggers use no host queues (add one with a queue trigger).
+// network.bicep creates one private DNS zone per group (privatelink.<group>.<storage suffix>).
+var storageEndpoints = concat(
+  [
+    { name: 'data-blob', storageId: dataStorage.id, group: 'blob' }
+    { name: 'host-blob', storageId: hostStorage.id, group: 'blob' }
+    { name: 'host-table', storageId: hostStorage.id, group: 'table' }
+  ],
+  hasNotifyQueue ? [{ name: 'data-queue', storageId: dataStorage.id, group: 'queue' }] : []
+)
 
 // Container groups' subnet (ACI_SUBNET_ID): the template's own in private mode, else the optional
 // subnetId. A given subnet looks like
@@ -342,7 +350,7 @@ var baseSettingNames = [
   'ACI_IDENTITY_ID'
   'ACI_IDENTITY_CLIENT_ID'
 ]
-var templateSettingNames = map(concat(baseSettingNames, ['ACI_REGISTRY_SERVER', 'ACI_SUBNET_ID', 'NOTIFY_QUEUE', 'NOTIFY_WEBHOOK_URL', 'NOTIFY_WEBHOOK_SECRET']), n => toLower(n))
+var templateSettingNames = map(concat(baseSettingNames, ['ACI_REGISTRY_SERVER', 'ACI_SUBNET_ID', 'NOTIFY_QUEUE', 'NOTIFY_WEBHOOK_URL', 'NOTIFY_WEBHOOK_SECRET', 'JOB_PROFILES']), n => toLower(n))
 var extraSettings = [for item in items(extraAppSettings): { name: item.key, value: string(item.value) }]
 var extraSettingsKept = filter(extraSettings, setting => !contains(templateSettingNames, toLower(setting.name)))
 
@@ -373,6 +381,8 @@ var notifySettings = concat(
     { name: 'NOTIFY_WEBHOOK_SECRET', value: notifyWebhookSecret }
   ]
 )
+// string() of an object is its JSON text, the form config.py reads.
+var profileSettings = empty(jobProfiles) ? [] : [{ name: 'JOB_PROFILES', value: string(jobProfiles) }]
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   name: functionAppName
@@ -390,7 +400,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     // private endpoints. Null leaves the property out (public mode).
     virtualNetworkSubnetId: isPrivate ? privateAppSubnetId : null
     siteConfig: {
-      appSettings: concat(baseSettings, registrySettings, subnetSettings, notifySettings, extraSettingsKept)
+      appSettings: concat(baseSettings, registrySettings, subnetSettings, notifySettings, profileSettings, extraSettingsKept)
     }
     functionAppConfig: {
       deployment: {
@@ -593,7 +603,8 @@ resource containersPullImages 'Microsoft.Authorization/roleAssignments@2022-04-0
 }
 
 // ---------------------------------------------------------------------------------------------
-// Outputs (read by scripts/deploy.sh; azd keeps them in its environment)
+// Outputs (read by scripts/deploy.sh; azd keeps them in its environment). No secret ever:
+// appSettingNames lists names only, built without touching the secure parameter.
 // ---------------------------------------------------------------------------------------------
 
 output functionAppName string = functionApp.name
@@ -613,4 +624,4 @@ output subnetJoinPending bool = hasSubnet && !subnetInThisGroup
 output subnetJoinRoleId string = hasSubnet ? subnetJoinRoleId : ''
 output network string = network
 output containerSubnetId string = hasSubnet ? aciSubnetId : ''
-output appSettingNames array = concat(baseSettingNames, hasRegistry ? ['ACI_REGISTRY_SERVER'] : [], hasSubnet ? ['ACI_SUBNET_ID'] : [], map(extraSettingsKept, setting => setting.name))
+output appSettingNames array = concat(baseSettingNames, hasRegistry ? ['ACI_REGISTRY_SERVER'] : [], hasSubnet ? ['ACI_SUBNET_ID'] : [], hasNotifyQueue ? ['NOTIFY_QUEUE'] : [], empty(notifyWebhookUrl) ? [] : ['NOTIFY_WEBHOOK_URL', 'NOTIFY_WEBHOOK_SECRET'], empty(jobProfiles) ? [] : ['JOB_PROFILES'], map(extraSettingsKept, setting => setting.name))

@@ -35,13 +35,25 @@ Options:
                                                        groups (private mode creates its own)
   --poll-schedule CRON        POLL_SCHEDULE            default '0 */1 * * * *'
   --janitor-schedule CRON     JANITOR_SCHEDULE         default '30 */2 * * * *'
+  --notify-queue NAME         NOTIFY_QUEUE             a storage queue in the data account that gets
+                                                       a message per finished batch (created, with a
+                                                       send-only role for the app; private mode adds
+                                                       its private endpoint)
+  --webhook-url URL           NOTIFY_WEBHOOK_URL       an https:// URL that gets a signed POST per
+                                                       finished batch; its signing key is read from
+                                                       the environment variable NOTIFY_WEBHOOK_SECRET
+                                                       (at least 16 characters), never from an argument
+  --job-profiles FILE         JOB_PROFILES_FILE        a JSON file of job profiles (docs/profiles.md),
+                                                       checked here, deployed as JOB_PROFILES
   --skip-publish                                       deploy infrastructure and settings only
   --what-if                                            show what the deployment would change, then stop
   -h, --help
 
 KEY=VALUE arguments are extra app settings (e.g. ACI_CPU=2 MAX_ATTEMPTS=3). They are passed to
 the template (so redeployments keep them) and applied with `az functionapp config appsettings
-set`. Settings the template owns (ACI_IMAGE, WATCH_CONTAINER, ...) are set with the flags above.
+set`. Settings the template owns (ACI_IMAGE, WATCH_CONTAINER, NOTIFY_*, JOB_PROFILES, ...) are
+set with the flags above. Every deployment replaces all app settings: pass the notification and
+profile flags (and NOTIFY_WEBHOOK_SECRET) again on each redeploy, or they are removed.
 
 Needs: Azure CLI logged in (`az login`) with Owner or User Access Administrator + Contributor on
 the resource group (the template creates role assignments and custom role definitions).
@@ -70,7 +82,8 @@ APP_FILES=(function_app.py config.py settings_reader.py profiles.py host.json re
 TEMPLATE_SETTINGS=" FUNCTIONS_EXTENSION_VERSION AZUREWEBJOBSSTORAGE__ACCOUNTNAME
   APPLICATIONINSIGHTS_CONNECTION_STRING STORAGE_ACCOUNT_URL WATCH_CONTAINER POLL_SCHEDULE
   JANITOR_SCHEDULE AZURE_SUBSCRIPTION_ID ACI_RESOURCE_GROUP ACI_LOCATION ACI_IMAGE ACI_IDENTITY_ID
-  ACI_IDENTITY_CLIENT_ID ACI_REGISTRY_SERVER ACI_SUBNET_ID "
+  ACI_IDENTITY_CLIENT_ID ACI_REGISTRY_SERVER ACI_SUBNET_ID NOTIFY_QUEUE NOTIFY_WEBHOOK_URL
+  NOTIFY_WEBHOOK_SECRET JOB_PROFILES "
 
 RESOURCE_GROUP="${RESOURCE_GROUP:-}"
 LOCATION="${LOCATION:-}"
@@ -84,6 +97,12 @@ VNET_ADDRESS_PREFIX="${VNET_ADDRESS_PREFIX:-10.70.0.0/16}"
 DATA_ALLOWED_IPS="${DATA_ALLOWED_IPS:-}"
 POLL_SCHEDULE="${POLL_SCHEDULE:-0 */1 * * * *}"
 JANITOR_SCHEDULE="${JANITOR_SCHEDULE:-30 */2 * * * *}"
+NOTIFY_QUEUE="${NOTIFY_QUEUE:-}"
+NOTIFY_WEBHOOK_URL="${NOTIFY_WEBHOOK_URL:-}"
+# The webhook's key comes from the environment only: an argument would be kept in the shell's
+# history and shown to every user of the machine by ps.
+NOTIFY_WEBHOOK_SECRET="${NOTIFY_WEBHOOK_SECRET:-}"
+JOB_PROFILES_FILE="${JOB_PROFILES_FILE:-}"
 SKIP_PUBLISH=false
 WHAT_IF=false
 EXTRA_SETTINGS=()
@@ -106,6 +125,11 @@ while [[ $# -gt 0 ]]; do
     --allow-ip) need_value "$@"; DATA_ALLOWED_IPS="${DATA_ALLOWED_IPS:+$DATA_ALLOWED_IPS,}$2"; shift 2 ;;
     --poll-schedule) need_value "$@"; POLL_SCHEDULE="$2"; shift 2 ;;
     --janitor-schedule) need_value "$@"; JANITOR_SCHEDULE="$2"; shift 2 ;;
+    --notify-queue) need_value "$@"; NOTIFY_QUEUE="$2"; shift 2 ;;
+    --webhook-url) need_value "$@"; NOTIFY_WEBHOOK_URL="$2"; shift 2 ;;
+    --webhook-secret | --webhook-secret=*)
+      die "pass the webhook's key in the environment variable NOTIFY_WEBHOOK_SECRET, not as an argument (shell history, ps)" ;;
+    --job-profiles) need_value "$@"; JOB_PROFILES_FILE="$2"; shift 2 ;;
     --skip-publish) SKIP_PUBLISH=true; shift ;;
     --what-if) WHAT_IF=true; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -135,6 +159,58 @@ else
   [[ -z "$DATA_ALLOWED_IPS" ]] || die "--allow-ip applies to private mode (--network private)"
 fi
 
+# Completion notifications, checked as config.py checks NOTIFY_* (the app would refuse to start).
+if [[ -n "$NOTIFY_QUEUE" ]]; then
+  NOTIFY_QUEUE="$(printf '%s' "$NOTIFY_QUEUE" | tr '[:upper:]' '[:lower:]')" # as config.py does
+  [[ "$NOTIFY_QUEUE" =~ ^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$ && "$NOTIFY_QUEUE" != *--* ]] \
+    || die "--notify-queue '$NOTIFY_QUEUE' is not a valid queue name (3-63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit)"
+fi
+if [[ -n "$NOTIFY_WEBHOOK_URL" ]]; then
+  [[ "$NOTIFY_WEBHOOK_URL" =~ ^https://[^/[:space:]]+ ]] \
+    || die "--webhook-url must be an https:// URL"
+  [[ -n "$NOTIFY_WEBHOOK_SECRET" ]] \
+    || die "--webhook-url needs its signing key in the environment variable NOTIFY_WEBHOOK_SECRET"
+  [[ ${#NOTIFY_WEBHOOK_SECRET} -ge 16 ]] \
+    || die "NOTIFY_WEBHOOK_SECRET must be at least 16 characters"
+  [[ "$NOTIFY_WEBHOOK_SECRET" != *[[:cntrl:]]* ]] \
+    || die "NOTIFY_WEBHOOK_SECRET contains control characters"
+elif [[ -n "$NOTIFY_WEBHOOK_SECRET" ]]; then
+  die "NOTIFY_WEBHOOK_SECRET is set but --webhook-url (NOTIFY_WEBHOOK_URL) is not"
+fi
+
+# Job profiles: checked with the app's own parser (profiles.py, standard library only), so a bad
+# field is named here rather than in the app's log after the deployment. Settings a profile
+# names ("@SETTING") and its cap against MAX_ACTIVE_GROUPS are checked when the app starts.
+profiles_json="{}"
+if [[ -n "$JOB_PROFILES_FILE" ]]; then
+  [[ -f "$JOB_PROFILES_FILE" && -r "$JOB_PROFILES_FILE" ]] \
+    || die "--job-profiles: cannot read '$JOB_PROFILES_FILE'"
+  command -v python3 >/dev/null 2>&1 || die "--job-profiles needs python3 to check the file"
+  profiles_json="$(python3 - "$REPO_ROOT" "$JOB_PROFILES_FILE" <<'PY'
+import json
+import sys
+
+sys.path.insert(0, sys.argv[1])
+import profiles  # noqa: E402
+
+
+class AnySetting(dict):
+    def get(self, key, default=None):
+        return "set in the app"
+
+
+with open(sys.argv[2], encoding="utf-8") as f:
+    raw = f.read()
+problems = []
+profiles.parse_profiles(raw, AnySetting(), 5000, problems)
+if problems:
+    print("error: --job-profiles " + sys.argv[2] + ": " + "; ".join(problems), file=sys.stderr)
+    sys.exit(1)
+print(json.dumps(json.loads(raw), separators=(",", ":")))
+PY
+  )" || exit 1
+fi
+
 # Allowed IPs as a JSON array. Storage firewall rules take a plain address for one IP and reject
 # /31 and /32, so a /32 is written as the address.
 allowed_ips_json="["
@@ -159,6 +235,8 @@ for pair in ${EXTRA_SETTINGS[@]+"${EXTRA_SETTINGS[@]}"}; do
   upper_key="$(printf '%s' "$key" | tr '[:lower:]' '[:upper:]')"
   [[ "$upper_key" != FUNCTIONS_WORKER_RUNTIME ]] \
     || die "Flex Consumption rejects FUNCTIONS_WORKER_RUNTIME: the runtime is set in the template"
+  [[ "$upper_key" != NOTIFY_WEBHOOK_SECRET ]] \
+    || die "pass NOTIFY_WEBHOOK_SECRET in the environment, not as an argument (shell history, ps)"
   [[ "$TEMPLATE_SETTINGS" != *" $upper_key "* ]] \
     || die "$key is set by the template: use the matching flag instead (see --help)"
   [[ "$value" != *[[:cntrl:]]* ]] || die "the value of $key contains control characters"
@@ -206,7 +284,24 @@ params=(
   "vnetAddressPrefix=$VNET_ADDRESS_PREFIX"
   "dataAllowedIpRanges=$allowed_ips_json"
   "extraAppSettings=$extra_json"
+  "notifyQueueName=$NOTIFY_QUEUE"
+  "notifyWebhookUrl=$NOTIFY_WEBHOOK_URL"
+  "jobProfiles=$profiles_json"
 )
+cleanup_paths=()
+trap 'rm -rf "${cleanup_paths[@]+"${cleanup_paths[@]}"}"' EXIT
+if [[ -n "$NOTIFY_WEBHOOK_SECRET" ]]; then
+  # The secure parameter travels in a parameters file readable by this user only, deleted on
+  # exit: never on az's command line (ps), never in a file that stays behind.
+  secret_file="$(umask 077 && mktemp "${TMPDIR:-/tmp}/model-launcher-secret.XXXXXX")"
+  cleanup_paths+=("$secret_file")
+  secret="${NOTIFY_WEBHOOK_SECRET//\\/\\\\}"
+  secret="${secret//\"/\\\"}"
+  printf '{"$schema":"https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#","contentVersion":"1.0.0.0","parameters":{"notifyWebhookSecret":{"value":"%s"}}}\n' \
+    "$secret" >"$secret_file"
+  unset secret
+  params+=("@$secret_file")
+fi
 
 if [[ "$WHAT_IF" == true ]]; then
   log "What-if for $TEMPLATE"
@@ -283,7 +378,7 @@ if [[ "$SKIP_PUBLISH" == false ]]; then
     [[ -e "$REPO_ROOT/$item" ]] || die "missing $item in $REPO_ROOT: nothing complete to publish"
   done
   stage="$(mktemp -d)"
-  trap 'rm -rf "$stage"' EXIT
+  cleanup_paths+=("$stage")
   for item in "${APP_FILES[@]}"; do
     cp -R "$REPO_ROOT/$item" "$stage/"
   done
@@ -296,7 +391,7 @@ if [[ "$SKIP_PUBLISH" == false ]]; then
   else
     echo "Azure Functions Core Tools not found: zip deployment with a remote build"
     zip_file="$stage.zip"
-    trap 'rm -rf "$stage" "$zip_file"' EXIT
+    cleanup_paths+=("$zip_file")
     if command -v zip >/dev/null 2>&1; then
       (cd "$stage" && zip -qr "$zip_file" .)
     else

@@ -9,11 +9,13 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pathspec
 import pytest
 
 import config
+import profiles
 from config import ConfigError, load_settings
 from tests.bicep_text import declarations, decorators, items, maybe_prop, prop, resources
 from tests.conftest import REPO_ROOT
@@ -83,11 +85,14 @@ def test_settings_as_bicep_sets_them_are_valid() -> None:
         "NOTIFY_QUEUE": "batches-finished",
         "NOTIFY_WEBHOOK_URL": "https://hooks.example.com/model-launcher",
         "NOTIFY_WEBHOOK_SECRET": "0123456789abcdef-from-a-secure-parameter",
+        # string(jobProfiles): the parameter object's compact JSON.
+        "JOB_PROFILES": '{"model-b":{"match":"b*","image":"mlacr.azurecr.io/model-b:1","cpu":2}}',
     }
     assert set(sample) == (bicep_setting_names() - PLATFORM)
     settings = load_settings(sample)
     assert settings.identity_id and settings.storage_account_url
     assert settings.queue_account_url == "https://mlacct.queue.core.windows.net"
+    assert [p.name for p in settings.job_profiles] == ["model-b"]
 
 
 def test_the_notification_queue_is_optional_and_the_app_may_only_send_to_it() -> None:
@@ -111,6 +116,46 @@ def test_the_notification_queue_is_optional_and_the_app_may_only_send_to_it() ->
     assert "@secure()" in decorators(BICEP, "notifyWebhookSecret")
     assert PARAMS["notifyQueueName"] == PARAMS["notifyWebhookUrl"] == "string = ''"
     assert "notifySettings" in prop(MAIN["functionApp"].body, "properties")
+
+
+def test_job_profiles_and_the_webhook_are_parameters_that_become_app_settings() -> None:
+    # Job profiles: an object parameter, written as its JSON text, absent when empty.
+    assert PARAMS["jobProfiles"] == "object = {}"
+    assert VARS["profileSettings"] == (
+        "empty(jobProfiles) ? [] : [{ name: 'JOB_PROFILES', value: string(jobProfiles) }]"
+    )
+    # The webhook: URL and secret only together, and only when a URL is given.
+    notify = VARS["notifySettings"]
+    webhook = re.search(r"empty\(notifyWebhookUrl\) \? \[\] : (\[.*?\])\s*\)$", notify, re.S)
+    assert webhook, notify
+    assert re.findall(r"name: '(\w+)', value: (\w+)", webhook.group(1)) == [
+        ("NOTIFY_WEBHOOK_URL", "notifyWebhookUrl"),
+        ("NOTIFY_WEBHOOK_SECRET", "notifyWebhookSecret"),
+    ]
+    assert notify.count("notifyWebhookSecret") == 1
+    settings = prop(MAIN["functionApp"].body, "appSettings")
+    assert "notifySettings" in settings and "profileSettings" in settings
+    # The secret: a secure parameter, in no variable but that one list, never in an output.
+    assert "@secure()" in decorators(BICEP, "notifyWebhookSecret")
+    assert "@secure()" not in decorators(BICEP, "jobProfiles")  # profiles name secrets, hold none
+    assert [name for name, value in VARS.items() if "notifyWebhookSecret" in value] == [
+        "notifySettings"
+    ]
+    outputs = [line for line in BICEP.splitlines() if line.startswith("output ")]
+    assert not [line for line in outputs if "notifyWebhookSecret" in line or "Settings," in line]
+    # Extras may not override them (the template filters those names)...
+    for name in ("JOB_PROFILES", "NOTIFY_QUEUE", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"):
+        assert f"'{name}'" in VARS["templateSettingNames"]
+
+
+def test_deploy_script_refuses_as_extras_exactly_the_settings_the_template_owns() -> None:
+    script = (REPO_ROOT / "scripts" / "deploy.sh").read_text()
+    owned = re.search(r'^TEMPLATE_SETTINGS="([^"]*)"', script, re.M)
+    assert owned
+    in_template = set(re.findall(r"'(\w+)'", VARS["baseSettingNames"])) | set(
+        re.findall(r"'(\w+)'", VARS["templateSettingNames"])
+    )
+    assert set(owned.group(1).split()) == {n.upper() for n in in_template}
 
 
 def test_deploy_script_is_valid_bash() -> None:
@@ -159,15 +204,26 @@ def test_storage_accounts_close_their_public_endpoint_in_private_mode(account: s
         assert PARAMS["dataAllowedIpRanges"] == "array = []"
 
 
-def storage_endpoints() -> set[tuple[str, str]]:
-    """(account symbolic name, storage service) of each private endpoint main.bicep asks for."""
+def _endpoints(array_text: str) -> set[tuple[str, str]]:
     found = set()
-    for item in items(VARS["storageEndpoints"]):
+    for item in items(array_text):
         account = re.search(r"storageId:\s*(\w+)\.id", item)
         group = re.search(r"group:\s*'(\w+)'", item)
         assert account and group, item
         found.add((account.group(1), group.group(1)))
     return found
+
+
+def storage_endpoints(notify_queue: bool = False) -> set[tuple[str, str]]:
+    """(account symbolic name, storage service) of each private endpoint main.bicep asks for,
+    with or without a notification queue (`storageEndpoints` = the fixed list + the queue's)."""
+    m = re.fullmatch(
+        r"concat\(\s*(\[[^\]]*\]),\s*hasNotifyQueue \? (\[.*\]) : \[\]\s*\)",
+        VARS["storageEndpoints"],
+        re.S,
+    )
+    assert m, VARS["storageEndpoints"]
+    return _endpoints(m.group(1)) | (_endpoints(m.group(2)) if notify_queue else set())
 
 
 def test_private_endpoints_cover_every_storage_service_the_app_and_host_use() -> None:
@@ -176,6 +232,11 @@ def test_private_endpoints_cover_every_storage_service_the_app_and_host_use() ->
         ("hostStorage", "blob"),
         ("hostStorage", "table"),
     }
+    # A notification queue lives in the data account: with public access disabled the app can
+    # only reach it through a queue endpoint, which exists exactly when the queue does.
+    assert storage_endpoints(notify_queue=True) == storage_endpoints() | {("dataStorage", "queue")}
+    assert MAIN["notifyQueue"].condition == "hasNotifyQueue"
+    assert "'data-queue'" in VARS["storageEndpoints"]
     # Every data-plane role the app holds on the host account has an endpoint for its service.
     service_of_role = {
         "storageBlobDataOwner": "blob",
@@ -190,6 +251,30 @@ def test_private_endpoints_cover_every_storage_service_the_app_and_host_use() ->
             role = re.search(r"roles\.(\w+)\)", prop(resource.body, "roleDefinitionId"))
             assert role, resource.name
             assert ("hostStorage", service_of_role[role.group(1)]) in storage_endpoints()
+
+
+def test_every_data_role_of_the_app_on_the_data_account_has_an_endpoint_under_its_condition() -> (
+    None
+):
+    """The app's queue role (send to the notification queue) comes with the queue endpoint."""
+    in_data_account = {"watchContainer": "dataStorage", "notifyQueue": "dataStorage"}
+    service_of_role = {
+        "storageBlobDataContributor": "blob",
+        "storageQueueDataMessageSender": "queue",
+    }
+    checked = 0
+    for resource in MAIN.values():
+        scope = maybe_prop(resource.body, "scope")
+        if not resource.type.endswith("roleAssignments") or scope not in in_data_account:
+            continue
+        if "functionApp.identity" not in prop(resource.body, "principalId"):
+            continue
+        role = re.search(r"roles\.(\w+)\)", prop(resource.body, "roleDefinitionId"))
+        assert role, resource.name
+        endpoint = (in_data_account[scope], service_of_role[role.group(1)])
+        assert endpoint in storage_endpoints(notify_queue=resource.condition == "hasNotifyQueue")
+        checked += 1
+    assert checked == 2  # the watched container and the notification queue
 
 
 def test_private_network_module_is_deployed_only_in_private_mode_with_those_endpoints() -> None:
@@ -225,6 +310,18 @@ def test_private_endpoints_and_dns_zones_are_built_per_storage_service() -> None
     assert declarations(NETWORK_BICEP, "var")["groups"] == (
         "union(map(storageEndpoints, endpoint => endpoint.group), [])"
     )
+    # The names Azure's private endpoint DNS documentation gives the storage services' zones
+    # (public cloud, storage suffix core.windows.net), queue included.
+    documented = {
+        "blob": "privatelink.blob.core.windows.net",
+        "table": "privatelink.table.core.windows.net",
+        "queue": "privatelink.queue.core.windows.net",
+    }
+    groups = {group for _, group in storage_endpoints(notify_queue=True)}
+    assert groups == set(documented)
+    for group in groups:
+        rendered = zone_name.strip("'").replace("${group}", group)
+        assert rendered.replace("${zoneSuffix}", "core.windows.net") == documented[group]
     links = NET["zoneLinks"]
     assert links.type == "Microsoft.Network/privateDnsZones/virtualNetworkLinks"
     assert prop(links.body, "parent") == "zones[i]"
@@ -349,6 +446,21 @@ def test_azd_parameters_name_real_parameters_and_give_every_required_one() -> No
     assert MAIN["personWatchData"].condition == "!empty(principalId)"
 
 
+def test_example_parameters_name_real_parameters_and_valid_profiles() -> None:
+    example = json.loads((REPO_ROOT / "infra" / "main.parameters.example.json").read_text())
+    parameters = example["parameters"]
+    assert set(parameters) <= set(PARAMS)
+    assert {"namePrefix", "workerImage"} <= set(parameters)
+    # The secure parameter comes from a Key Vault reference, never as a plain value.
+    assert set(parameters["notifyWebhookSecret"]) == {"reference"}
+    problems: list[str] = []
+    found = profiles.parse_profiles(
+        json.dumps(parameters["jobProfiles"]["value"]), {}, 20, problems
+    )
+    assert problems == []
+    assert [p.name for p in found] == ["model-a", "model-b"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The app package: .funcignore keeps the environments out and everything the app imports in
 # ---------------------------------------------------------------------------------------------
@@ -416,14 +528,14 @@ def test_deploy_script_stages_every_imported_module() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_deploy(*args: str) -> subprocess.CompletedProcess[str]:
+def run_deploy(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = ["-g", "rg-ml", "-l", "westeurope", "-p", "mlaunch", "-i", "img:latest"]
     return subprocess.run(
         ["bash", str(REPO_ROOT / "scripts" / "deploy.sh"), *base, *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"},
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **env},
     )
 
 
@@ -470,3 +582,135 @@ def test_deployment_doc_lists_the_api_versions_the_templates_use() -> None:
     }
     assert len(used) >= 15
     assert documented == used
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/deploy.sh: notification and job profile flags, checked before anything touches Azure
+# ---------------------------------------------------------------------------------------------
+
+SECRET = "0123456789abcdef-webhook-key"
+HOOK = "https://hooks.example.com/model-launcher"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--notify-queue", "Batches_Done"], {}, "is not a valid queue name"),
+        (["--notify-queue", "a--b"], {}, "is not a valid queue name"),
+        (
+            ["--webhook-url", "http://hooks.example.com"],
+            {"NOTIFY_WEBHOOK_SECRET": SECRET},
+            "https://",
+        ),
+        (["--webhook-url", HOOK], {}, "environment variable NOTIFY_WEBHOOK_SECRET"),
+        (["--webhook-url", HOOK], {"NOTIFY_WEBHOOK_SECRET": "short"}, "at least 16 characters"),
+        ([], {"NOTIFY_WEBHOOK_SECRET": SECRET}, "--webhook-url (NOTIFY_WEBHOOK_URL) is not"),
+        # The key never travels as an argument, in either form.
+        (["--webhook-url", HOOK, "--webhook-secret", SECRET], {}, "not as an argument"),
+        ([f"NOTIFY_WEBHOOK_SECRET={SECRET}"], {}, "not as an argument"),
+        (["JOB_PROFILES={}"], {}, "JOB_PROFILES is set by the template"),
+        (["--job-profiles", "/nonexistent/profiles.json"], {}, "cannot read"),
+    ],
+)
+def test_deploy_script_rejects_bad_notification_and_profile_flags(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = run_deploy(*args, **env)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_deploy_script_checks_job_profiles_with_the_apps_parser(tmp_path: Path) -> None:
+    bad = tmp_path / "profiles.json"
+    bad.write_text(json.dumps({"model-a": {"match": "a*", "image": "a:1", "cpu": "lots"}}))
+    result = run_deploy("--job-profiles", str(bad))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: --job-profiles {bad}: JOB_PROFILES.model-a.cpu")
+    assert result.stderr.count("\n") == 1
+    bad.write_text("{not json")
+    assert "JOB_PROFILES is not valid JSON" in run_deploy("--job-profiles", str(bad)).stderr
+
+
+@pytest.mark.skipif(shutil.which("az", path="/usr/bin:/bin") is not None, reason="az is installed")
+def test_deploy_script_accepts_notification_and_profile_flags(tmp_path: Path) -> None:
+    good = tmp_path / "profiles.json"
+    profile = {"match": ["b", "b-*"], "image": "b:1", "secure_env": {"TOKEN": "@MODEL_B_TOKEN"}}
+    good.write_text(json.dumps({"model-b": profile}, indent=2))
+    result = run_deploy(
+        "--notify-queue",
+        "batches-finished",
+        "--webhook-url",
+        HOOK,
+        "--job-profiles",
+        str(good),
+        NOTIFY_WEBHOOK_SECRET=SECRET,
+    )
+    # Validation passed (settings a profile names are the app's to check): the first thing that
+    # failed is the missing Azure CLI.
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: the Azure CLI (az) is not installed"
+
+
+FAKE_AZ = """#!/bin/bash
+# Stands in for the Azure CLI: records each call's arguments (one per line) and the parameter
+# files it is given, as they are at the time of the call.
+log="$AZ_LOG_DIR/calls"
+printf '%s\\n' "$@" "----" >>"$log"
+for arg in "$@"; do
+  if [[ "$arg" == @* ]]; then
+    cp "${arg#@}" "$AZ_LOG_DIR/params.json"
+    stat -c %a "${arg#@}" >"$AZ_LOG_DIR/params.mode"
+  fi
+done
+case "$1 $2" in
+  "account show") [[ "$*" == *"--query id"* ]] && echo 00000000-0000-0000-0000-000000000001 ;;
+  "provider show") echo Registered ;;
+esac
+exit 0
+"""
+
+
+def test_deploy_script_passes_the_webhook_key_in_a_private_file_never_as_an_argument(
+    tmp_path: Path,
+) -> None:
+    bin_dir, log_dir = tmp_path / "bin", tmp_path / "az"
+    bin_dir.mkdir()
+    log_dir.mkdir()
+    (bin_dir / "az").write_text(FAKE_AZ)
+    (bin_dir / "az").chmod(0o755)
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text(json.dumps({"model-b": {"match": "b*", "image": "b:1"}}, indent=2))
+    secret = 'k3y-with-"quotes"-and-\\-backslash'
+    flags = ["--network", "private", "--what-if", "--notify-queue", "batches-finished"]
+    flags += ["--webhook-url", HOOK, "--job-profiles", str(profiles)]
+    required = ["-g", "rg-ml", "-l", "westeurope", "-p", "mlaunch", "-i", "img:latest"]
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "deploy.sh"), *required, *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "TMPDIR": str(tmp_path),
+            "AZ_LOG_DIR": str(log_dir),
+            "NOTIFY_WEBHOOK_SECRET": secret,
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (log_dir / "calls").read_text()
+    assert secret not in calls and "0123456789" not in calls  # no argument carries the key
+    what_if = [c for c in calls.split("----\n") if c.startswith("deployment\ngroup\nwhat-if")]
+    assert len(what_if) == 1
+    args = what_if[0].splitlines()
+    assert "notifyQueueName=batches-finished" in args
+    assert f"notifyWebhookUrl={HOOK}" in args
+    assert 'jobProfiles={"model-b":{"match":"b*","image":"b:1"}}' in args
+    [secret_arg] = [a for a in args if a.startswith("@")]
+    parameters = json.loads((log_dir / "params.json").read_text())["parameters"]
+    assert parameters == {"notifyWebhookSecret": {"value": secret}}
+    # The file was readable by its owner only, and is gone once the script is done.
+    assert (log_dir / "params.mode").read_text().strip() == "600"
+    assert not Path(secret_arg[1:]).exists()
+    assert not list(tmp_path.glob("model-launcher-secret.*"))
