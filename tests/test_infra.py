@@ -443,6 +443,11 @@ def test_azd_parameters_name_real_parameters_and_give_every_required_one() -> No
     assert parameters["location"]["value"] == "${AZURE_LOCATION}"
     assert parameters["network"]["value"] == "${NETWORK=public}"
     assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    # Notifications from the azd environment; empty (off) unless set.
+    assert parameters["notifyQueueName"]["value"] == "${NOTIFY_QUEUE=}"
+    assert parameters["notifyWebhookUrl"]["value"] == "${NOTIFY_WEBHOOK_URL=}"
+    assert parameters["notifyWebhookSecret"]["value"] == "${NOTIFY_WEBHOOK_SECRET=}"
+    assert "@secure()" in decorators(BICEP, "notifyWebhookSecret")
     assert MAIN["personWatchData"].condition == "!empty(principalId)"
 
 
