@@ -17,9 +17,15 @@ Blobs by Tags) are only partly emulated by Azurite and return tag matches in no 
 date-partitioned folders still need a listing per partition and a merge.
 
 Safety: the key depends only on the batch id, so a rewrite (a retried sweep, a retried batch
-whose reason changed) overwrites the same two blobs. `Sweep.finish` writes them after the
-final manifest and before it deletes the manifest in processing/: a crash in between leaves a
-`finishing` batch that the next sweep finishes again, index included.
+whose reason changed) lands on the same two blobs. Each entry is fenced like the manifests
+(docs/fencing.md): it is created only if absent (`If-None-Match: *`), and an entry already there
+is replaced only by a later version of the batch's manifest, with `If-Match` on the etag just
+read. The version (`mlversion`) is the manifest's `updated` (every manifest write stamps it with
+storage's clock), then the time of its last retry; so a janitor that stalled and comes back
+after another one finished the batch and an operator retried it never puts its older summary
+back. `Sweep.finish` writes the entries after the final manifest and before it deletes the
+manifest in processing/: a crash in between leaves a `finishing` batch that the next sweep
+finishes again, index included (from the final manifest already there, not its own copy).
 
 Existing deployments: batches finished before this version have no index entry. When a listing
 reaches the end of the index and the backfill marker (`<INDEX_PREFIX>_backfilled`) is absent,
@@ -35,12 +41,20 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import BlobClient
 
-from launcher.batch import ACTIVE_STATES, Manifest, ManifestUnreadable, State
+from launcher.batch import ACTIVE_STATES, Manifest, ManifestUnreadable, State, parse_iso
 from launcher.clients import Clients
 
 logger = logging.getLogger(__name__)
@@ -75,6 +89,9 @@ FIELDS = (
     "gpu_seconds",
     "cost",
 )
+# Index metadata outside the row: which manifest version the entry shows (see `record`).
+VERSION_KEY = "mlversion"
+RACES = 3  # concurrent replacements of one entry before a writer gives up (next rewrite wins)
 _INT_FIELDS = ("files", "bytes", "attempt", "exit_code")
 _FLOAT_FIELDS = ("duration_seconds", "vcpu_seconds", "gb_seconds", "gpu_seconds", "cost")
 
@@ -156,15 +173,72 @@ def _from_metadata(meta: dict[str, str]) -> dict[str, Any]:
     return row
 
 
+def entry_version(m: Manifest) -> str:
+    """The manifest version an index entry shows: `updated` (stamped with storage's clock by every
+    manifest write), then the last retry's time, so that a retry within the same second as the
+    finish still counts as newer."""
+    return f"{m.updated}~{(m.retried or {}).get('last_at') or ''}"
+
+
+def _newer(ours: str, stored: str | None) -> bool:
+    """Whether version `ours` is later than `stored` (an entry without one predates versions)."""
+    if not stored:
+        return True
+    oldest = datetime.min.replace(tzinfo=UTC)
+
+    def key(value: str) -> tuple[datetime, datetime]:
+        updated, _, retried = value.partition("~")
+        return (parse_iso(updated) or oldest, parse_iso(retried) or oldest)
+
+    try:
+        return key(ours) > key(stored)
+    except ValueError:
+        return True  # not a version this module wrote
+
+
 def record(clients: Clients, manifest: Manifest, prefix: str) -> None:
-    """Write (or rewrite) the index entries of a finished batch: idempotent, see module doc."""
+    """Write (or rewrite) the index entries of a finished batch, fenced: see module doc."""
     s = clients.settings
-    meta = _to_metadata(summary(manifest, prefix))
+    ours = entry_version(manifest)
+    meta = _to_metadata(summary(manifest, prefix)) | {VERSION_KEY: quote(ours, safe="")}
     key = index_key(manifest.batch_id)
     for sub in (manifest.state.value, ALL):
-        clients.container.upload_blob(
-            f"{s.index_prefix}{sub}/{key}", b"", overwrite=True, metadata=meta
-        )
+        _put_entry(clients.container.get_blob_client(f"{s.index_prefix}{sub}/{key}"), meta, ours)
+
+
+def _put_entry(blob: BlobClient, meta: dict[str, str], ours: str) -> bool:
+    """Create the entry, or replace it if it shows an older version and is unchanged since it
+    was read. False if the entry there is as new or newer (or kept changing: RACES)."""
+    for _ in range(RACES):
+        try:
+            blob.upload_blob(b"", overwrite=False, metadata=meta)  # If-None-Match: *
+            return True
+        except ResourceExistsError:
+            pass
+        try:
+            props = blob.get_blob_properties()
+        except ResourceNotFoundError:
+            continue  # deleted meanwhile: create it
+        stored = (props.metadata or {}).get(VERSION_KEY)
+        if not _newer(ours, unquote(stored) if stored is not None else None):
+            logger.info("index entry %s shows this version or a later one: kept", blob.blob_name)
+            return False
+        try:
+            blob.upload_blob(
+                b"",
+                overwrite=True,
+                metadata=meta,
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+            return True
+        except (ResourceModifiedError, ResourceNotFoundError):
+            continue  # another writer got there first: compare with what it wrote
+        except HttpResponseError as exc:
+            if exc.status_code != 412:
+                raise
+    logger.warning("index entry %s kept changing (%s races): not rewritten", blob.blob_name, RACES)
+    return False
 
 
 @dataclass
@@ -322,8 +396,9 @@ def _legacy_rows(
 
 
 def backfill(clients: Clients, folders: Iterable[tuple[str, str]] | None = None) -> int:
-    """Index every finished batch (idempotent: rewrites the same entries), then write the
-    marker that turns the fallback off. Returns how many batches were indexed."""
+    """Index every finished batch (idempotent: an entry already there is kept unless it shows an
+    older version of the manifest, see `record`), then write the marker that turns the fallback
+    off. Returns how many batches were indexed."""
     found = list(folders if folders is not None else _finished_folders(clients, None))
 
     def one(entry: tuple[str, str]) -> bool:

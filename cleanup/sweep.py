@@ -415,8 +415,16 @@ class Sweep:
         manifest.state = State.SUCCEEDED if manifest.target == "done" else State.FAILED
         manifest.finished_at = iso(self.clients.clock.now())
         notify.prepare(self.clients, manifest, target_prefix)  # before the final manifest
-        store.put_final(manifest, target_prefix)
-        history.record(self.clients, manifest, target_prefix)  # before the delete: see history
+        indexed = manifest
+        if store.put_final(manifest, target_prefix) is None:
+            # An earlier finish wrote the final manifest (and a retry may have changed it since):
+            # the index shows that one, not this sweep's copy (one more read, on this path only).
+            try:
+                final = store.read(manifest.batch_id, target_prefix)
+            except ManifestUnreadable:
+                final = None
+            indexed = final[0] if final else manifest
+        history.record(self.clients, indexed, target_prefix)  # before the delete: see history
         try:
             store.delete(manifest.batch_id, etag)
         except ManifestConflict:

@@ -111,8 +111,28 @@ def run_azurite(
     with contextlib.ExitStack() as stack:
         queue = None
         if queue_port is not None:
-            queue = stack.enter_context(_run_queue(queue_port or free_port(), location, log_file))
-        proc = stack.enter_context(_run_blob(port, location, log_file, preload))
+            queue = queue_port or free_port()
+            stack.enter_context(
+                _run_service(
+                    "azurite-queue",
+                    "--queueHost",
+                    "--queuePort",
+                    queue,
+                    location=location,
+                    log_file=log_file,
+                )
+            )
+        proc = stack.enter_context(
+            _run_service(
+                "azurite-blob",
+                "--blobHost",
+                "--blobPort",
+                port,
+                location=location,
+                log_file=log_file,
+                preload=preload,
+            )
+        )
         yield Azurite(port=port, process=proc, queue_port=queue)
 
 
@@ -126,46 +146,24 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def _run_queue(port: int, location: Path | None, log_file: Path | None) -> Iterator[int]:
-    """Azurite's queue service, beside the blob service (same account, same key)."""
-    argv = [
-        azurite_binary("azurite-queue"),
-        "--queueHost",
-        "127.0.0.1",
-        "--queuePort",
-        str(port),
-        "--skipApiVersionCheck",
-        "--disableTelemetry",
-        "--loose",
-    ]
-    if location is None:
-        argv.append("--inMemoryPersistence")
-    else:
-        location.mkdir(parents=True, exist_ok=True)
-        argv += ["--location", str(location)]
-    if log_file is None:
-        argv.append("--silent")
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_port(port, 30, proc)
-        logger.info("Azurite queue service on %s (pid %s)", f"127.0.0.1:{port}", proc.pid)
-        yield port
-    finally:
-        _stop(proc)
-        if log_file:
-            out.close()  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def _run_blob(
-    port: int, location: Path | None, log_file: Path | None, preload: Path | None
+def _run_service(
+    binary: str,
+    host_flag: str,
+    port_flag: str,
+    port: int,
+    *,
+    location: Path | None,
+    log_file: Path | None,
+    preload: Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """One Azurite service process (`azurite-blob` or `azurite-queue`: same account, same key)
+    on 127.0.0.1:`port`, in memory unless `location` is given, silent unless `log_file` is
+    given (appended to); stopped when the context exits."""
     argv = [
-        azurite_binary(),
-        "--blobHost",
+        azurite_binary(binary),
+        host_flag,
         "127.0.0.1",
-        "--blobPort",
+        port_flag,
         str(port),
         "--skipApiVersionCheck",
         "--disableTelemetry",
@@ -187,7 +185,8 @@ def _run_blob(
     )
     try:
         wait_for_port(port, 30, proc)
-        logger.info("Azurite blob service on %s (pid %s)", f"127.0.0.1:{port}", proc.pid)
+        service = binary.removeprefix("azurite-")
+        logger.info("Azurite %s service on %s (pid %s)", service, f"127.0.0.1:{port}", proc.pid)
         yield proc
     finally:
         _stop(proc)

@@ -7,11 +7,12 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from cleanup import history
 from cleanup.admin import retry_failed
-from cleanup.sweep import sweep
+from cleanup.sweep import Sweep, sweep
 from launcher.batch import FileEntry, Manifest, State, iso, new_batch_id
 from launcher.clients import Clients
 from launcher.poll import poll
@@ -88,6 +89,69 @@ def test_a_real_run_is_indexed_and_retry_updates_the_entry(pipeline: Pipeline) -
     retry_failed(clients, row["batch"])
     (again,) = history.list_page(clients, State.FAILED, 10).batches
     assert again["retried_at"]
+
+
+def rows_of(clients: Clients, batch_id: str) -> list[dict]:
+    """The batch's row in the index of all states and in that of its state."""
+    found = [history.list_page(clients, s, 10).batches for s in (None, State.FAILED)]
+    return [r for rows in found for r in rows if r["batch"] == batch_id]
+
+
+def test_a_stale_record_never_puts_an_older_summary_back(pipeline: Pipeline) -> None:
+    clients = pipeline.clients()
+    prefix = clients.settings.failed_prefix
+    at = [iso(START + timedelta(minutes=i)) or "" for i in range(10)]
+    finish = Manifest(
+        batch_id=new_batch_id(START),
+        state=State.FAILED,
+        created=at[0],
+        updated=at[1],
+        files=[FileEntry("incoming/f/a.txt", "f/a.txt", "f/a.txt", "e", 10)],
+        folder="f",
+        reason="exit code 2 (Error)",
+        finished_at=at[1],
+    )
+    history.record(clients, finish, prefix)
+    # A retry in the same second as the finish is still the newer version.
+    retried = replace(finish, retried={"first_at": at[1], "last_at": at[1]})
+    history.record(clients, retried, prefix)
+    assert [r["retried_at"] for r in rows_of(clients, finish.batch_id)] == [at[1], at[1]]
+    again = replace(finish, updated=at[5], retried={"first_at": at[1], "last_at": at[5]})
+    history.record(clients, again, prefix)
+    # The janitor that finished the batch stalled and comes back now: its summary is older.
+    history.record(clients, finish, prefix)
+    history.record(clients, retried, prefix)
+    assert [r["retried_at"] for r in rows_of(clients, finish.batch_id)] == [at[5], at[5]]
+    latest = replace(again, updated=at[9], retried={"first_at": at[1], "last_at": at[9]})
+    history.record(clients, latest, prefix)
+    assert [r["retried_at"] for r in rows_of(clients, finish.batch_id)] == [at[9], at[9]]
+
+
+def test_a_stalled_finish_after_a_retry_leaves_the_retried_entry(pipeline: Pipeline) -> None:
+    clients = pipeline.clients(
+        ACI_IMAGE="python:3.11",
+        ACI_COMMAND='["python", "-c", "raise SystemExit(2)"]',
+        NO_RETRY_EXIT_CODES="2",
+    )
+    drop(pipeline.container, ["incoming/stale.txt"])
+    poll(clients)
+    deadline = time.monotonic() + 120
+    while not (rows := history.list_page(clients, State.FAILED, 10).batches):
+        assert time.monotonic() < deadline, "the batch never failed"
+        sweep(clients)
+        time.sleep(0.5)
+    batch_id = rows[0]["batch"]
+    found = clients.store.read(batch_id, clients.settings.failed_prefix)
+    assert found is not None
+    # What a janitor that stalled in `finish` still holds: the `finishing` manifest it read.
+    stale = replace(found[0], state=State.FINISHING, target="failed", retried=None)
+    retry_failed(clients, batch_id)
+    (retried,) = rows_of(clients, batch_id)[:1]
+    assert retried["retried_at"]
+    Sweep(clients, dry_run=False).finish(stale, found[1])  # it comes back and finishes again
+    assert [r["retried_at"] for r in rows_of(clients, batch_id)] == [retried["retried_at"]] * 2
+    final = clients.store.read(batch_id, clients.settings.failed_prefix)
+    assert final is not None and final[0].retried
 
 
 def test_pages_are_newest_first_complete_and_filtered(pipeline: Pipeline) -> None:

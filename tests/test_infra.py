@@ -511,7 +511,7 @@ def test_funcignore_keeps_environments_out_and_every_imported_module_in() -> Non
         ".localdev/azurite/__blobstorage__/x",
         "local.settings.json",
         "tests/test_infra.py",
-        "localdev/host.py",
+        "localdev/host/cli.py",
         "worker/run.py",
         "infra/main.bicep",
         "launcher/__pycache__/poll.cpython-311.pyc",

@@ -1,4 +1,4 @@
-"""localdev/host.py: NCRONTAB/TimeSpan parsing in-process, everything else against a real host
+"""localdev/host/: NCRONTAB/TimeSpan parsing in-process, everything else against a real host
 process loading tests/hostapps/sample_app.py on a free port.
 
 Timing assertions are deliberately loose (medians, generous deadlines): they check the
