@@ -171,4 +171,10 @@ def scenario_crash(stack: Stack, mode: Mode, rng: random.Random, report: Report)
         f"{total_fired}/{row.trials} kills fired, at "
         + ", ".join(f"{k} {n}" for k, n in sorted(fired.items())),
     )
+    row.notes.insert(
+        1,
+        f"notifications: {row.figures.get('notified', 0)} distinct message ids for "
+        f"{row.finished} finished batches, {row.figures.get('notify_repeats', 0)} repeats "
+        "(same id, same bytes: dropped by receivers)",
+    )
     return row
