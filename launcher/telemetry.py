@@ -87,6 +87,8 @@ _configured: list[str] = []  # which export setup() chose, once
 _dropped: dict[str, datetime] = {}
 _dropped_lock = threading.Lock()
 MAX_REMEMBERED = 10_000
+# Profiles the ml.groups.active gauge has reported (the settings' and the groups' tags).
+_group_profiles: set[str] = set()
 
 
 def setup(environ: dict[str, str] | None = None) -> str:
@@ -304,11 +306,12 @@ def _after_sweep(span: Any, report: Any, *args: Any, **kwargs: Any) -> None:
     if report.dry_run:
         return
     if not report.lease_busy:
-        # Every configured profile gets a point, 0 included: a profile whose last group went
-        # away must not keep its last count.
+        # Every profile configured or seen in this process gets a point, 0 included: a profile
+        # whose last group went away must not keep its last count.
         clients = args[0] if args else kwargs.get("clients")
-        configured = clients.settings.profile_names if clients is not None else ()
-        for name in sorted(set(configured) | set(report.groups_by_profile)):
+        _group_profiles.update(clients.settings.profile_names if clients is not None else ())
+        _group_profiles.update(report.groups_by_profile)
+        for name in sorted(_group_profiles):
             ACTIVE_GROUPS.set(report.groups_by_profile.get(name, 0), {"profile": name})
     for entries, outcome_name in ((report.finished, "succeeded"), (report.failed, "failed")):
         for entry in entries:
