@@ -228,6 +228,12 @@ class Settings:
         own = next((p.max_active_groups for p in self.job_profiles if p.name == name), None)
         return min(own or self.max_active_groups, self.max_active_groups)
 
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        """Every configured profile: those of JOB_PROFILES, then "default" when there is one."""
+        default = (profiles.DEFAULT_PROFILE,) if self.has_default_profile else ()
+        return tuple(p.name for p in self.job_profiles) + default
+
     def profile_params(self, name: str) -> tuple[profiles.ParamSpec, ...]:
         return next((p.params for p in self.job_profiles if p.name == name), ())
 

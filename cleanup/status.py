@@ -23,7 +23,7 @@ from launcher.aci import AciError, GroupInfo
 from launcher.batch import LOGS_DIR, Manifest, State, iso
 from launcher.clients import Clients
 from launcher.launch import CONTAINER_NAME
-from launcher.poll import CREATE_WINDOW_SECONDS
+from launcher.poll import CREATE_WINDOW_SECONDS, held_by_open_claims
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,9 @@ def now_snapshot(clients: Clients) -> dict[str, Any]:
     s = clients.settings
     groups_future = clients.runner.submit(clients.hook.list_groups)
     refs = clients.store.list_refs()
-    claiming = [r.batch_id for r in refs if r.state is State.CLAIMING]
-    held: set[tuple[str, str]] = set()
-    for got in clients.runner.map(clients.store.read, claiming):
-        if isinstance(got, tuple) and got[0].state is State.CLAIMING:
-            held.update((f.source, f.etag.strip('"')) for f in got[0].files)
+    # Files unfinished claims hold, as the poll tick works them out; an unreadable manifest
+    # holds nothing (the tick and the janitor quarantine it and log why).
+    held = held_by_open_claims(clients, refs, lambda q: None)
     found = alarm.survey(clients, held)
     now, intake = found.now, found.intake
     groups: dict[str, Any]
@@ -109,10 +107,9 @@ def _groups_by_profile(s: Settings, infos: list[GroupInfo]) -> dict[str, dict[st
     """Active groups against each job profile's cap (profiles.py): every configured profile,
     and any other a group is tagged with."""
     active = Counter(g.profile for g in infos)
-    names = [p.name for p in s.job_profiles] + (["default"] if s.has_default_profile else [])
     return {
         name: {"active": active[name], "max": s.profile_cap(name)}
-        for name in sorted(set(names) | set(active))
+        for name in sorted(set(s.profile_names) | set(active))
     }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,7 @@ class SweepReport:
     idle: bool = False
     lease_busy: bool = False
     groups_seen: int = 0
+    groups_by_profile: dict[str, int] = field(default_factory=dict)  # of groups_seen
     batches_seen: int = 0
     running: list[str] = field(default_factory=list)
     finished: list[dict[str, Any]] = field(default_factory=list)
@@ -335,6 +337,7 @@ class Sweep:
             self.report.errors.append(f"batch {batch_id}: manifest changed during finalize")
             return
         entry = {"batch": batch_id, "group": group, "attempt": manifest.attempt} | {
+            "profile": manifest.profile,
             "outcome": status.kind,
             "exit_code": status.exit_code,
             "duration_seconds": rec.duration_seconds,
@@ -569,6 +572,7 @@ class Sweep:
         for q in quarantined:
             self._quarantine(q)
         self.report.groups_seen, self.report.batches_seen = len(groups), len(listed)
+        self.report.groups_by_profile = dict(sorted(Counter(g.profile for g in groups).items()))
         self.plan(groups, refs, quarantined)
         self.hand_back()
 

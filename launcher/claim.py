@@ -383,7 +383,7 @@ def claim(clients: Clients, plan: Plan, lease: LeaseLock) -> ClaimResult:
     etag = clients.store.create(manifest)
     # The manifest is written; now prove the lease is still ours before touching a file. A poll
     # that takes the lease after this renewal lists processing/ after it, sees this batch
-    # `claiming` and leaves its files alone (poll._in_open_claims), so no two claims ever race
+    # `claiming` and leaves its files alone (poll.held_by_open_claims), so no two claims ever race
     # on one file. If the lease is already gone, a new holder may have listed processing/
     # before this manifest existed: nothing has been touched yet, so the batch is rolled back.
     if not lease.confirm():

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -225,16 +225,18 @@ def _recover(clients: Clients, launcher: _Launcher, refs: list[BatchRef]) -> Non
             launcher.launch(found[0], found[1], confirm=True)
 
 
-def _in_open_claims(
-    clients: Clients, refs: list[BatchRef], report: TickReport
+def held_by_open_claims(
+    clients: Clients, refs: list[BatchRef], quarantine: Callable[[Quarantined], None]
 ) -> set[tuple[str, str]]:
-    """(source, etag) of every file listed by a batch that is still `claiming` after recovery:
-    a claim that crashed less than STUCK_CLAIM_SECONDS ago, or the live claim of a tick that has
-    lost its lease. Such a file must wait for that claim to be finished: claimed again now, it
-    could end in two batches, because that claim keeps a file whose source is gone once its
-    copy is complete (its recovery cannot tell whether the crashed run deleted the source, and
-    a live claim whose delete answer was lost cannot either). One read per such batch,
-    concurrently; a tick normally sees none."""
+    """(source, bare etag) of every file listed by a batch that is still `claiming` after
+    recovery: a claim that crashed less than STUCK_CLAIM_SECONDS ago, or the live claim of a
+    tick that has lost its lease. Such a file must wait for that claim to be finished: claimed
+    again now, it could end in two batches, because that claim keeps a file whose source is
+    gone once its copy is complete (its recovery cannot tell whether the crashed run deleted
+    the source, and a live claim whose delete answer was lost cannot either). One read per such
+    batch, concurrently; a tick normally sees none. A manifest that cannot be read goes to
+    `quarantine` (the tick's report records and logs it) and holds nothing up. The poll tick
+    and the status page (cleanup/status.py) both ask this one function."""
     open_claims = [r.batch_id for r in refs if r.state is State.CLAIMING]
     held: set[tuple[str, str]] = set()
     for batch_id, found in zip(
@@ -243,7 +245,7 @@ def _in_open_claims(
         if isinstance(found, ManifestUnreadable):
             # Its files are unknown: it is quarantined, and the others are not held up by it
             # (docs/operations.md says what releasing such a batch means).
-            report.quarantine(Quarantined(batch_id, found.reason))
+            quarantine(Quarantined(batch_id, found.reason))
             continue
         if isinstance(found, BaseException):
             raise found  # unknown files: claim nothing rather than risk claiming one twice
@@ -480,7 +482,7 @@ class _Tick:
         if self.room <= 0 or lease.lost:
             return False
         self.used = Counter(launcher.active)
-        self.held = _in_open_claims(clients, refs, report)
+        self.held = held_by_open_claims(clients, refs, report.quarantine)
         self.gate = _BatchGate(lease, report)
         # Batch threads of their own: a batch waits on its files' tasks in the IO pool, so
         # running it there could starve that pool. Shut down (every batch waited for) before

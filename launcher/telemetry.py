@@ -11,6 +11,9 @@
 The instruments below are created against the global API, so they report to whatever provider is
 installed (a test installs in-memory ones). Nothing here talks to storage: an idle poll tick is
 still one List Blobs request. The decorators wrap the app's steps without changing them.
+
+Every metric about a batch or a group carries the attribute `profile` (its job profile,
+profiles.py): the names come from the settings, so the number of series stays bounded.
 """
 
 from __future__ import annotations
@@ -55,7 +58,12 @@ STALLED_FILES = meter.create_gauge(
     description="claimable files older than STALL_ALARM_MINUTES (the stall alarm when > 0)",
 )
 ACTIVE_GROUPS = meter.create_gauge(
-    "ml.groups.active", unit="{group}", description="our container groups that exist"
+    "ml.groups.active", unit="{group}", description="our container groups that exist, by profile"
+)
+BATCHES_LAUNCHED = meter.create_counter(
+    "ml.batches.launched",
+    unit="{batch}",
+    description="container groups created for batches (first launches and relaunches)",
 )
 BATCHES_FINISHED = meter.create_counter(
     "ml.batches.finished", unit="{batch}", description="batches finished, by outcome"
@@ -79,6 +87,8 @@ _configured: list[str] = []  # which export setup() chose, once
 _dropped: dict[str, datetime] = {}
 _dropped_lock = threading.Lock()
 MAX_REMEMBERED = 10_000
+# Profiles the ml.groups.active gauge has reported (the settings' and the groups' tags).
+_group_profiles: set[str] = set()
 
 
 def setup(environ: dict[str, str] | None = None) -> str:
@@ -173,6 +183,7 @@ def _nothing(*args: Any, **kwargs: Any) -> dict[str, Any]:
 def _manifest_attrs(m: Any) -> dict[str, Any]:
     return {
         "ml.batch_id": m.batch_id,
+        "ml.profile": getattr(m, "profile", None),
         "ml.group": m.group,
         "ml.attempt": m.attempt,
         "ml.files": len(m.files),
@@ -212,6 +223,7 @@ def _describe_claim(clients: Any, plan: Any, *args: Any, **kwargs: Any) -> dict[
         "ml.files": len(plan.files),
         "ml.bytes": sum(c.size for c in plan.files),
         "ml.folder": plan.folder,
+        "ml.profile": plan.profile,
     }
 
 
@@ -227,9 +239,10 @@ def _after_claim(span: Any, result: Any, clients: Any, plan: Any, *a: Any, **k: 
             }
         )
     )
-    FILES_CLAIMED.add(result.owned)
+    attrs = {"profile": plan.profile}
+    FILES_CLAIMED.add(result.owned, attrs)
     if m and result.owned:
-        BATCHES_CLAIMED.add(1)
+        BATCHES_CLAIMED.add(1, attrs)
         newest = max((c.last_modified for c in plan.files), default=None)
         if newest is not None:
             with _dropped_lock:
@@ -260,10 +273,12 @@ def _after_launch(span: Any, result: Any, clients: Any, manifest: Any, *a: Any, 
     if result.error:
         span.set_status(Status(StatusCode.ERROR, str(result.error.get("message", ""))[:200]))
     if result.launched:
+        attrs = {"profile": manifest.profile}
+        BATCHES_LAUNCHED.add(1, attrs)
         with _dropped_lock:
             dropped = _dropped.pop(result.batch_id, None)
         if dropped is not None:
-            DROP_TO_LAUNCH.record(max(0.0, (utcnow() - dropped).total_seconds()))
+            DROP_TO_LAUNCH.record(max(0.0, (utcnow() - dropped).total_seconds()), attrs)
 
 
 traced_launch = _span("launch", _describe_launch, _after_launch, parent="poll.tick")
@@ -291,13 +306,21 @@ def _after_sweep(span: Any, report: Any, *args: Any, **kwargs: Any) -> None:
     if report.dry_run:
         return
     if not report.lease_busy:
-        ACTIVE_GROUPS.set(report.groups_seen)
+        # Every profile configured or seen in this process gets a point, 0 included: a profile
+        # whose last group went away must not keep its last count.
+        clients = args[0] if args else kwargs.get("clients")
+        _group_profiles.update(clients.settings.profile_names if clients is not None else ())
+        _group_profiles.update(report.groups_by_profile)
+        for name in sorted(_group_profiles):
+            ACTIVE_GROUPS.set(report.groups_by_profile.get(name, 0), {"profile": name})
     for entries, outcome_name in ((report.finished, "succeeded"), (report.failed, "failed")):
         for entry in entries:
-            BATCHES_FINISHED.add(1, {"outcome": outcome_name})
+            profile = entry.get("profile") or "default"
+            BATCHES_FINISHED.add(1, {"outcome": outcome_name, "profile": profile})
             if entry.get("duration_seconds") is not None:
                 RUN_DURATION.record(
-                    float(entry["duration_seconds"]), {"outcome": entry.get("outcome", "")}
+                    float(entry["duration_seconds"]),
+                    {"outcome": entry.get("outcome", ""), "profile": profile},
                 )
     stall = report.stall or {}
     if "waiting_files" in stall:

@@ -2,11 +2,17 @@
 against the real local stack (`python -m localdev.run`: Azurite, the ACI emulator running the
 sample worker, the local Functions host with its timers and keys).
 
-Three folders are dropped: one that succeeds, one with an unreadable file (fails with exit code
-2) and one named `<img src=x onerror=alert(1)>`. tests/browser/status_page.mjs then checks
-through the page that the batches appear and reach done and failed, that the failed attempt's
-log opens, that retry works, that the name shows as text, that the janitor runs after its dry
-run, and that no request leaves the app's origin or carries the key anywhere but in a header.
+The stack runs two job profiles besides the default one (the example's ACI_* settings):
+`model-a` takes folders whose name starts with `<`, `model-b` takes `slow-*` folders, runs a
+container that sleeps, and may have one active group. Five folders are dropped: `good` (default,
+succeeds), `bad` (default, an unreadable file: fails with exit code 2), one named
+`<img src=x onerror=alert(1)>` (model-a, succeeds) and `slow-1`, `slow-2` (model-b: one runs, the
+other waits at the profile's cap). tests/browser/status_page.mjs then checks through the page
+that the batches appear with their profile and reach done and failed, that the Profiles table
+shows each profile's groups against its cap, waiting files, done, failed and cost, that the
+failed attempt's log opens, that retry works, that the name shows as text, that the janitor
+runs after its dry run, and that no request leaves the app's origin or carries the key anywhere
+but in a header.
 Its screenshot goes to the test's temporary folder, or to $STATUS_PAGE_SCREENSHOT (the one in
 docs/ was made that way).
 """
@@ -35,6 +41,15 @@ DRIVER = REPO_ROOT / "tests" / "browser" / "status_page.mjs"
 SCREENSHOT_ENV = "STATUS_PAGE_SCREENSHOT"
 XSS = "<img src=x onerror=alert(1)>"
 KEY = "local-function-key"
+JOB_PROFILES = {
+    "model-a": {"match": "<*", "image": "modellauncher/worker:latest"},
+    "model-b": {
+        "match": "slow-*",
+        "image": "python:3.11-slim",
+        "command": ["python", "-c", "import time; time.sleep(900)"],
+        "max_active_groups": 1,
+    },
+}
 
 
 def _require_browser() -> None:
@@ -51,7 +66,12 @@ def _require_browser() -> None:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(host base URL, Azurite connection string) of a running `localdev.run`."""
+    """(host base URL, Azurite connection string) of a running `localdev.run`, with the
+    example's settings plus JOB_PROFILES."""
+    settings = json.loads(EXAMPLE.read_text())
+    settings["Values"]["JOB_PROFILES"] = json.dumps(JOB_PROFILES)
+    settings_file = tmp_path / "local.settings.json"
+    settings_file.write_text(json.dumps(settings))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -59,7 +79,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[str, str]]:
             "localdev.run",
             "--free-ports",
             "--settings",
-            str(EXAMPLE),
+            str(settings_file),
             "--state-dir",
             str(tmp_path),
         ],
@@ -113,6 +133,8 @@ def test_status_page_in_a_real_browser(stack: tuple[str, str], tmp_path: Path) -
     container.upload_blob("incoming/good/hello.txt", b"hello\nworld\n")
     container.upload_blob("incoming/bad/broken.txt", b"\xff\xfe not UTF-8")
     container.upload_blob(f"incoming/{XSS}/x.txt", b"fine\n")
+    container.upload_blob("incoming/slow-1/x.txt", b"slow\n")
+    container.upload_blob("incoming/slow-2/x.txt", b"slow\n")
 
     shot.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
@@ -128,6 +150,18 @@ def test_status_page_in_a_real_browser(stack: tuple[str, str], tmp_path: Path) -
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0 and found["error"] is None, (found, proc.stderr[-4000:])
     assert found["xssCellText"] == XSS  # shown as text ...
+    assert found["profileCells"] == {"good": "default", "bad": "default", XSS: "model-a"}
+    # The Profiles table, once good, bad and the script-named folder are finished and model-b
+    # holds its one group (slow-1 runs; slow-2 waits, claimable, at the profile's cap).
+    profiles = found["profiles"]
+    costs = {name: row.pop("cost") for name, row in profiles.items()}
+    assert profiles == {
+        "default": {"groups": "0 / 20", "waiting": "0", "done": "1", "failed": "1", "atCap": False},
+        "model-a": {"groups": "0 / 20", "waiting": "0", "done": "1", "failed": "0", "atCap": False},
+        "model-b": {"groups": "1 / 1", "waiting": "1", "done": "0", "failed": "0", "atCap": True},
+    }
+    assert costs["model-b"] == "0 USD"
+    assert all(c.endswith(" USD") and c != "0 USD" for c in (costs["default"], costs["model-a"]))
     assert found["imgElements"] == 0 and found["dialogs"] == []  # ... never as markup
     assert found["foreign"] == [] and found["keyInUrl"] == []
     assert found["consoleErrors"] == []  # CSP violations would be reported here

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from azure.storage.blob import BlobLeaseClient, ContainerClient
 
+from cleanup.status import now_snapshot
 from launcher import poll as poll_module
 from launcher.batch import FileEntry, Manifest, State, iso, new_batch_id, utcnow
 from launcher.poll import poll
@@ -104,6 +105,13 @@ def test_what_cannot_be_claimed_in_front_does_not_starve_what_can(pipeline: Pipe
     assert report.blocked_total == len(leased) and report.held_for_recovery == len(held)
     assert report.listing_complete and report.list_pages == 4
     assert all_names(container, "incoming/") == leased + held
+    # The status page works the held files out the same way (poll.held_by_open_claims): one
+    # List Blobs of processing/, one read of the open claim, one List Blobs of incoming/.
+    counter = CountingPolicy()
+    snap = now_snapshot(pipeline.clients(counter, STUCK_CLAIM_SECONDS="300"))
+    assert snap["incoming"]["held_for_recovery"] == len(held)
+    assert snap["incoming"]["claimable"] == 0 and snap["incoming"]["blocked_total"] == len(leased)
+    assert counter.total == 3, counter.counts
 
 
 def test_settling_files_in_front_do_not_starve_settled_ones_behind(pipeline: Pipeline) -> None:

@@ -3,6 +3,7 @@ exporters on a real pipeline run (Azurite, the ACI emulator)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -97,9 +98,56 @@ def test_a_real_run_has_spans_and_metrics(pipeline: Pipeline, spans: InMemorySpa
     assert any(s.attributes["ml.finished"] == 1 for s in sweeps)
     assert finish.parent in [s.context for s in sweeps]
     assert total("ml.batches.finished", outcome="succeeded") - finished_before == 1
+    assert total("ml.batches.finished", outcome="succeeded", profile="default") >= 1
+    assert total("ml.batches.launched", profile="default") >= 1
     assert total("ml.batch.run_duration") >= 1
     assert [p.value for p in points("ml.incoming.files")][-1] == 0
     assert points("ml.groups.active") and points("ml.incoming.oldest_age")
+
+
+def test_batch_and_group_metrics_carry_the_profile(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """A folder routed to the non-default profile `model-x`: its claim, launch, finish, run
+    time and groups are counted under `profile=model-x`, and nothing under `default`."""
+    profiles = {
+        "model-x": {"match": "x-*", "image": "python:3.11", "command": ["python", "-c", "pass"]}
+    }
+    clients = pipeline.clients(JOB_PROFILES=json.dumps(profiles), BATCH_MODE="folder")
+    names = ["ml.files.claimed", "ml.batches.claimed", "ml.batches.launched"]
+    names += ["ml.batch.drop_to_launch", "ml.batch.run_duration"]
+    before = {(n, p): total(n, profile=p) for n in names for p in ("model-x", "default")}
+    finished_before = total("ml.batches.finished", outcome="succeeded", profile="model-x")
+    drop(pipeline.container, ["incoming/x-1/a.txt", "incoming/x-1/b.txt"], b"12345")
+    poll(clients)
+    (claim,) = named(spans, "claim")
+    (launch,) = named(spans, "launch")
+    assert claim.attributes["ml.profile"] == launch.attributes["ml.profile"] == "model-x"
+    active = {p.attributes.get("profile"): p.value for p in points("ml.groups.active")}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not named(spans, "finish"):
+        report = sweep(clients)
+        if report.groups_by_profile:
+            active = {p.attributes.get("profile"): p.value for p in points("ml.groups.active")}
+        time.sleep(0.5)
+    assert named(spans, "finish")[0].attributes["ml.profile"] == "model-x"
+    delta = {k: total(k[0], profile=k[1]) - v for k, v in before.items()}
+    assert delta == {
+        ("ml.files.claimed", "model-x"): 2,
+        ("ml.batches.claimed", "model-x"): 1,
+        ("ml.batches.launched", "model-x"): 1,
+        ("ml.batch.drop_to_launch", "model-x"): 1,
+        ("ml.batch.run_duration", "model-x"): 1,
+    } | {(n, "default"): 0 for n in names}
+    assert total("ml.batches.finished", outcome="succeeded", profile="model-x") == (
+        finished_before + 1
+    )
+    # While it ran, the group counted under its profile (the default profile had none); the
+    # finishing sweep set every configured profile's gauge back to 0.
+    assert active == {"model-x": 1, "default": 0}
+    sweep(clients)  # the group is gone now
+    final = {p.attributes.get("profile"): p.value for p in points("ml.groups.active")}
+    assert final["model-x"] == 0 and final["default"] == 0
 
 
 def test_an_idle_tick_is_still_one_request(pipeline: Pipeline, spans: InMemorySpanExporter) -> None:

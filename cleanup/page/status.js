@@ -7,6 +7,11 @@
 const REFRESH_MS = 5000;
 const STALE_MS = 20000;
 const PAGE_SIZE = 50;
+// Per-profile done/failed counts and cost come from GET ops/costs (the history index): read
+// again when the first page of batches shows a batch finished since the last read, and at least
+// every COSTS_MS; never on every 5-s refresh.
+const COSTS_DAYS = 1;
+const COSTS_MS = 60000;
 
 const state = {
   key: "",
@@ -19,6 +24,10 @@ const state = {
   detail: null,
   openLog: null,
   pending: null,
+  costs: null,
+  costsAt: 0,
+  costsError: null,
+  finishedSeen: new Set(),
 };
 
 const $ = (id) => document.getElementById(id);
@@ -147,6 +156,68 @@ function renderNow(now) {
     : "";
 }
 
+// -- profiles ------------------------------------------------------------------------------
+
+async function loadCosts() {
+  const finished = state.rows
+    .filter((b) => b.state === "succeeded" || b.state === "failed").map((b) => b.batch);
+  const fresh = finished.some((id) => !state.finishedSeen.has(id));
+  if (!fresh && state.costsAt && Date.now() - state.costsAt < COSTS_MS) return;
+  state.costsAt = Date.now();
+  try {
+    state.costs = await api(`costs?days=${COSTS_DAYS}`);
+    state.costsError = null;
+    for (const id of finished) state.finishedSeen.add(id);
+  } catch (e) {
+    if (e.status === 401) throw e;
+    state.costsError = e.message;  // the rest of the page stays live
+  }
+}
+
+function fmtCost(value, currency) {
+  if (value === null || value === undefined) return "–";
+  const v = Number(value);
+  // Two significant digits below one unit: a local run costs about 0.00001 USD.
+  const shown = v >= 1 ? v.toFixed(2) : String(Number(v.toPrecision(2)));
+  return `${shown} ${currency || ""}`.trim();
+}
+
+function renderProfiles(now) {
+  const groups = now.groups.by_profile || {};
+  const waiting = now.incoming.claimable_by_profile || {};
+  const costs = state.costs;
+  const summed = (costs && costs.profiles) || {};
+  const names = [...new Set([...Object.keys(groups), ...Object.keys(waiting),
+    ...Object.keys(summed)])].sort();
+  const rows = names.map((name) => {
+    const tr = el("tr");
+    tr.dataset.profile = name;
+    const g = groups[name];
+    const c = summed[name];
+    const count = (key) => (costs ? (c ? c[key] : 0) : null);
+    const cells = [
+      ["name", name],
+      ["groups", g ? `${g.active} / ${g.max}` : null],
+      ["waiting", waiting[name] || 0],
+      ["done", count("succeeded")],
+      ["failed", count("failed")],
+      ["cost", costs ? fmtCost(c ? c.cost : 0, costs.currency) : null],
+    ];
+    for (const [cls, v] of cells) tr.appendChild(el("td", text(v), cls));
+    if (g && g.active >= g.max) {
+      tr.className = "at-cap";
+      tr.title = `at its cap of ${g.max} active group(s): its files wait in incoming/`;
+    }
+    return tr;
+  });
+  $("profiles").tBodies[0].replaceChildren(...rows);
+  let note = `done, failed and estimated cost: batches claimed in the last ${COSTS_DAYS * 24} h ` +
+    "that have finished";
+  if (costs && costs.truncated) note += " (too many to sum: the newest only)";
+  if (state.costsError) note += ` — not available: ${state.costsError}`;
+  $("profiles-note").textContent = note;
+}
+
 // -- batches -------------------------------------------------------------------------------
 
 function batchLink(id) {
@@ -164,19 +235,21 @@ function renderBatches() {
     const first = el("td");
     first.appendChild(batchLink(b.batch));
     tr.appendChild(first);
-    for (const v of [b.label, b.files, fmtBytes(b.bytes), b.state, b.attempt,
+    for (const v of [b.label, b.profile, b.files, fmtBytes(b.bytes), b.state, b.attempt,
       fmtTime(b.claimed_at), fmtTime(b.launched_at), fmtTime(b.started_at),
       fmtTime(b.finished_at), fmtSeconds(b.duration_seconds), b.exit_code, b.reason]) {
       tr.appendChild(el("td", text(v)));
     }
     tr.children[1].className = "name";
+    tr.children[2].className = "profile";
+    tr.children[5].className = "state";
     return tr;
   });
   body.replaceChildren(...rows);
   if (!rows.length) {
     const tr = el("tr");
     const td = el("td", "no batches", "muted");
-    td.colSpan = 13;
+    td.colSpan = 14;
     tr.appendChild(td);
     body.appendChild(tr);
   }
@@ -292,7 +365,8 @@ function renderDetail(d) {
   const s = d.summary;
   $("detail-id").textContent = s.batch;
   const dl = $("detail-summary");
-  const pairs = [["dropped", s.label], ["state", s.state], ["folder", s.folder],
+  const pairs = [["dropped", s.label], ["state", s.state], ["profile", s.profile],
+    ["folder", s.folder],
     ["files", s.files], ["bytes", fmtBytes(s.bytes)], ["attempts", s.attempt],
     ["claimed", fmtTime(s.claimed_at)], ["launched", fmtTime(s.launched_at)],
     ["started", fmtTime(s.started_at)], ["finished", fmtTime(s.finished_at)],
@@ -458,7 +532,9 @@ async function refresh() {
   running = true;
   try {
     const [now] = await Promise.all([api("now"), loadFirstPage(), loadDetail()]);
+    await loadCosts();  // after the first page: it tells whether a batch has finished since
     renderNow(now);
+    renderProfiles(now);
     state.lastOk = Date.now();
     state.lastError = null;
   } catch (e) {

@@ -1,7 +1,9 @@
 // Drives the status page in Debian's chromium (headless) with playwright-core; run by
-// tests/test_status_page.py against the real local stack, after it dropped three folders:
-// good/ (succeeds), bad/ (an unreadable file: fails, exit code 2) and a folder named
-// <img src=x onerror=alert(1)> (succeeds; its name must show as text).
+// tests/test_status_page.py against the real local stack with two job profiles, after it
+// dropped five folders: good/ (default profile, succeeds), bad/ (default, an unreadable file:
+// fails, exit code 2), a folder named <img src=x onerror=alert(1)> (profile model-a, succeeds;
+// its name must show as text), slow-1/ and slow-2/ (profile model-b, capped at one group: one
+// sleeps, the other waits).
 //
 //   node tests/browser/status_page.mjs BASE_URL KEY SCREENSHOT
 //
@@ -60,6 +62,37 @@ try {
   await row(XSS, "succeeded").first().waitFor({ timeout: WAIT });
   step("script-named batch is done");
   findings.xssCellText = await row(XSS, "succeeded").first().locator("td.name").textContent();
+  findings.profileCells = {};
+  for (const [label, state] of [["good", "succeeded"], ["bad", "failed"], [XSS, "succeeded"]]) {
+    findings.profileCells[label] = await row(label, state).first().locator("td.profile")
+      .textContent();
+  }
+  // The Profiles table settles once the janitor has deleted the finished groups, the cost
+  // summary has been read again and model-b's second folder waits at its cap.
+  const profileRows = () => {
+    const out = {};
+    for (const tr of document.querySelectorAll("#profiles tbody tr")) {
+      const cell = (c) => tr.querySelector(`td.${c}`).textContent;
+      out[tr.dataset.profile] = { groups: cell("groups"), waiting: cell("waiting"),
+        done: cell("done"), failed: cell("failed"), cost: cell("cost"),
+        atCap: tr.classList.contains("at-cap") };
+    }
+    return out;
+  };
+  const settled = (rows) => {
+    const [a, b, d] = [rows["model-a"], rows["model-b"], rows.default];
+    return Boolean(a && b && d && a.done === "1" && d.done === "1" && d.failed === "1" &&
+      a.groups.startsWith("0 ") && d.groups.startsWith("0 ") && b.groups === "1 / 1" &&
+      b.waiting === "1");
+  };
+  const until = Date.now() + WAIT;
+  findings.profiles = await page.evaluate(profileRows);
+  while (!settled(findings.profiles)) {
+    if (Date.now() > until) throw new Error(`profiles: ${JSON.stringify(findings.profiles)}`);
+    await page.waitForTimeout(500);  // polled against a deadline: the page refreshes every 5 s
+    findings.profiles = await page.evaluate(profileRows);
+  }
+  step("profiles table shows both profiles");
   findings.imgElements = await page.locator("img").count();
   findings.freshness = await page.locator("#freshness").textContent();
   findings.timelineBars = await page.locator("#timeline rect").count();
