@@ -34,8 +34,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
-from launcher.batch import utcnow
-
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -278,7 +276,10 @@ def _after_launch(span: Any, result: Any, clients: Any, manifest: Any, *a: Any, 
         with _dropped_lock:
             dropped = _dropped.pop(result.batch_id, None)
         if dropped is not None:
-            DROP_TO_LAUNCH.record(max(0.0, (utcnow() - dropped).total_seconds()), attrs)
+            # Storage's clock (launcher/clock.py), like the drop time: a skewed host clock
+            # would shift every point.
+            elapsed = (clients.clock.now() - dropped).total_seconds()
+            DROP_TO_LAUNCH.record(max(0.0, elapsed), attrs)
 
 
 traced_launch = _span("launch", _describe_launch, _after_launch, parent="poll.tick")
