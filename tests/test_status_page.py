@@ -164,7 +164,9 @@ def test_status_page_in_a_real_browser(stack: tuple[str, str], tmp_path: Path) -
     assert all(c.endswith(" USD") and c != "0 USD" for c in (costs["default"], costs["model-a"]))
     assert found["imgElements"] == 0 and found["dialogs"] == []  # ... never as markup
     assert found["foreign"] == [] and found["keyInUrl"] == []
-    assert found["consoleErrors"] == []  # CSP violations would be reported here
+    # CSP violations and error answers would be reported here (the answers named in failed).
+    assert found["consoleErrors"] == [], found["failedResponses"]
+    assert found["failedResponses"] == []
     assert found["detailFiles"] == ["bad/broken.txt"]
     assert "unreadable" in found["logExcerpt"]
     assert found["timelineBars"] >= 3

@@ -15,7 +15,8 @@ const XSS = "<img src=x onerror=alert(1)>";
 const WAIT = 240_000;
 const origin = new URL(base).origin;
 
-const findings = { dialogs: [], foreign: [], keyInUrl: [], consoleErrors: [], steps: [] };
+const findings = { dialogs: [], foreign: [], keyInUrl: [], consoleErrors: [], failedResponses: [],
+  steps: [] };
 const step = (name) => {
   findings.steps.push(name);
   console.error(`[browser] ${name}`);
@@ -35,6 +36,14 @@ try {
   });
   page.on("console", (m) => {
     if (m.type() === "error") findings.consoleErrors.push(m.text());
+  });
+  // Which call answered an error (Chrome reports only "Failed to load resource" on the console).
+  page.on("response", async (r) => {
+    if (r.status() < 400) return;
+    let body = "";
+    try { body = (await r.text()).slice(0, 300); } catch { /* gone with the page */ }
+    const where = new URL(r.url()).pathname;  // no query: the page address carries the key
+    findings.failedResponses.push(`${r.status()} ${r.request().method()} ${where}: ${body}`);
   });
   let first = true;
   page.on("request", (r) => {
