@@ -153,6 +153,17 @@ def prepare(clients: Clients, m: Manifest, prefix: str) -> None:
         pass  # an earlier (crashed) finish of this batch created it
 
 
+def settle_refinish(clients: Clients, final: Manifest) -> None:
+    """A finish that found the final manifest already written (a crashed or stalled janitor
+    finishing again) has just run `prepare`, which re-creates the outbox entry if delivery
+    already removed it. If the stored final manifest records every configured target as sent,
+    that entry would only send the message again: remove it."""
+    targets = (final.notifications or {}).get("targets") or {}
+    configured = clients.settings.notify_targets
+    if configured and all((targets.get(t) or {}).get("state") == SENT for t in configured):
+        _remove_outbox(clients, final.batch_id)
+
+
 @dataclass
 class Delivery:
     """What one sweep's delivery step did (part of the sweep report)."""

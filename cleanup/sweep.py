@@ -427,6 +427,8 @@ class Sweep:
             except ManifestUnreadable:
                 final = None
             indexed = final[0] if final else manifest
+            if final:
+                notify.settle_refinish(self.clients, final[0])  # no second message once sent
         history.record(self.clients, indexed, target_prefix)  # before the delete: see history
         try:
             store.delete(manifest.batch_id, etag)

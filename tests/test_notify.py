@@ -17,14 +17,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from azure.storage.queue import QueueClient
 
-from cleanup.sweep import sweep
+from cleanup.sweep import Sweep, sweep
+from launcher.batch import State
 from launcher.clients import Clients
 from launcher.poll import poll
 from localdev.azurite import connection_string
@@ -265,6 +266,28 @@ def test_a_crash_between_finish_and_notify_still_delivers_one_deduplicable_messa
     _, manifest = manifest_of(pipeline, batch)
     assert manifest["notifications"]["targets"]["queue"]["state"] == "sent"
     assert outbox(pipeline) == []
+
+
+def test_a_stale_finish_after_delivery_sends_nothing_again(pipeline: Pipeline) -> None:
+    """A janitor that stalled in `finish` comes back after another one finished the batch and
+    delivered its notification: the outbox entry its finish re-creates is removed at once, so
+    no second message goes out."""
+    name = queue_name()
+    q = queue_client(pipeline, name)
+    q.create_queue()
+    clients = pipeline.clients(**notify_env(name))
+    drop(pipeline.container, ["incoming/stale.txt"])
+    poll(clients)
+    batch = only_batch(pipeline)
+    sweep_until(clients, lambda: messages(q) != [] and outbox(pipeline) == [], timeout=90)
+    found = clients.store.read(batch, clients.settings.done_prefix)
+    assert found is not None and found[0].notifications is not None
+    # What the stalled janitor still holds: the `finishing` manifest it read, nothing recorded.
+    stale = replace(found[0], state=State.FINISHING, target="done", notifications=None)
+    Sweep(clients, dry_run=False).finish(stale, found[1])
+    assert outbox(pipeline) == []
+    sweep(clients)
+    assert [m["id"] for m in messages(q)] == [f"{batch}:succeeded"]
 
 
 def test_the_idle_sweep_lists_the_outbox_once_more_only_with_targets(
