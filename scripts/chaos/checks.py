@@ -287,10 +287,9 @@ def check_notifications(queue: QueueClient, finals: dict[str, dict[str, Any]], v
     finished batch and agrees with its final manifest, and repeats of an id are byte-identical,
     so a receiver that drops repeats by id sees each batch exactly once."""
     bodies: dict[str, set[str]] = {}
-    copies = 0
+    readable = 0
     # Received messages stay invisible for the visibility timeout, so the loop ends.
     for msg in queue.receive_messages(messages_per_page=32, visibility_timeout=3600):
-        copies += 1
         text = str(msg.content)
         try:
             doc = json.loads(text)
@@ -298,9 +297,10 @@ def check_notifications(queue: QueueClient, finals: dict[str, dict[str, Any]], v
         except (ValueError, KeyError, TypeError):
             v.notify_wrong.append(f"unreadable message {text[:80]!r}")
             continue
+        readable += 1
         bodies.setdefault(key, set()).add(text)
     v.notified = len(bodies)
-    v.notify_repeats = copies - len(bodies) - len(v.notify_wrong)
+    v.notify_repeats = readable - len(bodies)
     for key in sorted(finals.keys() - bodies.keys()):
         v.notify_missing.append(f"no message for finished batch {key}")
     for key, texts in sorted(bodies.items()):

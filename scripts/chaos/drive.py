@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from cleanup import notify
+
 from .core import Interrupted
 from .stack import Arena, Run, Stack, break_leases
 
 # Where unsent completion notifications wait (LOCK_PREFIX is the default `locks/` in chaos).
-OUTBOX = "locks/outbox/"
+OUTBOX = "locks/" + notify.OUTBOX
 
 
 def quiescent(stack: Stack, arena: Arena, allowed_incoming: set[str] | None = None) -> bool:
